@@ -1,0 +1,1 @@
+"""Pure domain: no I/O, no drivers. UIDs, storage layout, records, messages."""

@@ -1,0 +1,127 @@
+"""The one exception tree of dicomcloud, and how it maps to DIMSE and HTTP.
+
+::
+
+    DicomCloudError
+    ├── InvalidInput                 bad input from a client; never retry as is
+    │   ├── InvalidUID               not digits and dots, empty component, > 64 chars
+    │   ├── InvalidTenant            TenantID not a short safe token
+    │   ├── MalformedDicom           unreadable / truncated Part 10 or dataset
+    │   ├── MissingAttribute         a required attribute is absent or empty
+    │   ├── DatasetMismatch          body disagrees with the request (URL study UID,
+    │   │                            command SOP Instance UID, SOP Class)
+    │   ├── InvalidQuery             unknown or malformed QIDO / WADO parameter
+    │   ├── UnsupportedMediaType     Content-Type we do not accept
+    │   └── PayloadTooLarge          body or part over the configured limit
+    ├── NotFound                     no such tenant / study / series / instance / frame
+    ├── NotAcceptable                no representation matches the Accept header
+    └── Unavailable                  a store or the bus failed; the client may retry
+
+Edges translate foreign errors into this tree (``raise ... from exc``); the
+two tables below are the only places that turn it into a DIMSE status
+(PS3.4 Annex B.2.3 / PS3.7 Annex C) or an HTTP status (PS3.18 §8.5).
+"""
+
+from __future__ import annotations
+
+
+class DicomCloudError(Exception):
+    """Base of every error dicomcloud raises on purpose."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidInput(DicomCloudError):
+    pass
+
+
+class InvalidUID(InvalidInput):
+    pass
+
+
+class InvalidTenant(InvalidInput):
+    pass
+
+
+class MalformedDicom(InvalidInput):
+    pass
+
+
+class MissingAttribute(InvalidInput):
+    pass
+
+
+class DatasetMismatch(InvalidInput):
+    pass
+
+
+class InvalidQuery(InvalidInput):
+    pass
+
+
+class UnsupportedMediaType(InvalidInput):
+    pass
+
+
+class PayloadTooLarge(InvalidInput):
+    pass
+
+
+class NotFound(DicomCloudError):
+    pass
+
+
+class NotAcceptable(DicomCloudError):
+    pass
+
+
+class Unavailable(DicomCloudError):
+    pass
+
+
+# C-STORE failure statuses (PS3.4 Table B.2-1); also the STOW-RS FailureReason
+# (0008,1197) values of PS3.18 Table 10.5.3-1 use the same codes.
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+DIMSE_STATUS: dict[type[DicomCloudError], int] = {
+    InvalidUID: STATUS_CANNOT_UNDERSTAND,
+    InvalidTenant: STATUS_CANNOT_UNDERSTAND,
+    MalformedDicom: STATUS_CANNOT_UNDERSTAND,
+    MissingAttribute: STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    DatasetMismatch: STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    PayloadTooLarge: STATUS_OUT_OF_RESOURCES,
+    Unavailable: STATUS_OUT_OF_RESOURCES,
+    DicomCloudError: STATUS_PROCESSING_FAILURE,
+}
+
+HTTP_STATUS: dict[type[DicomCloudError], int] = {
+    UnsupportedMediaType: 415,
+    PayloadTooLarge: 413,
+    InvalidInput: 400,
+    NotFound: 404,
+    NotAcceptable: 406,
+    Unavailable: 503,
+    DicomCloudError: 500,
+}
+
+
+def _lookup(table: dict[type[DicomCloudError], int], exc: DicomCloudError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in table:
+            return table[cls]  # type: ignore[index]
+    return table[DicomCloudError]
+
+
+def dimse_status(exc: DicomCloudError) -> int:
+    """The C-STORE status (and STOW-RS FailureReason) for ``exc``."""
+    return _lookup(DIMSE_STATUS, exc)
+
+
+def http_status(exc: DicomCloudError) -> int:
+    """The HTTP status for ``exc``."""
+    return _lookup(HTTP_STATUS, exc)

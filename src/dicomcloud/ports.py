@@ -1,0 +1,111 @@
+"""The small interfaces use cases depend on; adapters implement them.
+
+Only ``bootstrap.py`` picks the concrete adapter for each port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from dicomcloud.domain.header import InstanceRecord
+from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey
+from dicomcloud.domain.messages import DicomImageMeta, DicomStateMeta, InstanceStored
+from dicomcloud.domain.qido import QidoQuery
+
+JsonDict = dict[str, Any]
+
+
+class BlobStore(Protocol):
+    """Files under ROOT at the storage layout; writes are atomic (tmp, fsync, rename)."""
+
+    root: Path
+
+    def write_atomic(self, path: str, data: bytes | memoryview, *, mtime_ns: int | None = None) -> int: ...
+    def read(self, path: str) -> bytes: ...
+    def absolute(self, path: str) -> Path: ...
+    def exists(self, path: str) -> bool: ...
+    def remove(self, path: str) -> None: ...
+    def series_instance_uids(self, key: SeriesKey) -> list[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    key: str
+    value: bytes
+    partition: int
+    offset: int
+
+
+class BusConsumer(Protocol):
+    async def poll(self, max_records: int, timeout: float) -> list[Record]: ...
+    async def commit(self, records: Sequence[Record]) -> None: ...
+    async def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    """A durable, ordered-per-key message bus (Kafka in distributed mode)."""
+
+    async def publish(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+        """Publish (topic, key, value) items; returns only once all are durable.
+
+        Raises :class:`dicomcloud.errors.Unavailable` when they are not.
+        """
+        ...
+
+    def consumer(self, group: str, topics: Sequence[str]) -> BusConsumer: ...
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesState:
+    key: SeriesKey
+    patient_id: str
+    modality: str
+    revision: int
+    metadata_revision: int
+    number_of_series_related_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class StudyState:
+    key: StudyKey
+    patient_id: str
+    revision: int
+    metadata_revision: int
+    number_of_study_related_series: int
+    number_of_study_related_instances: int
+
+
+class Index(Protocol):
+    """Patient / study / series state (PostgreSQL), with exact counts."""
+
+    async def apply(self, records: Sequence[InstanceRecord]) -> list[tuple[SeriesState, StudyState]]:
+        """Upsert ``records`` idempotently; return the state of every series touched."""
+        ...
+
+    async def series_state(self, key: SeriesKey) -> SeriesState | None: ...
+    async def study_state(self, key: StudyKey) -> StudyState | None: ...
+    async def series_of_study(self, key: StudyKey) -> list[SeriesState]: ...
+    async def stale_series(self, limit: int) -> list[SeriesState]: ...
+    async def stale_studies(self, limit: int) -> list[StudyState]: ...
+    async def mark_series_metadata(self, key: SeriesKey, revision: int) -> None: ...
+    async def mark_study_metadata(self, key: StudyKey, revision: int) -> None: ...
+    async def instances(self, key: StudyKey | SeriesKey) -> list[InstanceKey]: ...
+    async def instance_exists(self, key: InstanceKey) -> bool: ...
+    async def search_studies(self, query: QidoQuery) -> list[JsonDict]: ...
+    async def search_series(self, query: QidoQuery) -> list[JsonDict]: ...
+    async def close(self) -> None: ...
+
+
+class Warehouse(Protocol):
+    """Instance records, series state history and logs (Doris, or PostgreSQL embedded)."""
+
+    async def load_image_meta(self, rows: Sequence[DicomImageMeta]) -> None: ...
+    async def load_state_meta(self, rows: Sequence[DicomStateMeta]) -> None: ...
+    async def load_store_log(self, rows: Sequence[InstanceStored]) -> None: ...
+    async def search_instances(self, query: QidoQuery) -> list[JsonDict]: ...
+    async def close(self) -> None: ...
