@@ -1,0 +1,115 @@
+"""Typed settings, read once in ``main()`` from options and ``DICOMCLOUD_*`` variables.
+
+Precedence: command-line option > environment variable > default. Secrets
+(the password in a database URL) are masked whenever settings are shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dicomcloud.domain.uids import validate_tenant
+
+ENV_PREFIX = "DICOMCLOUD_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./dicomcloud-data")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    dimse_host: str = "0.0.0.0"
+    dimse_port: int = 11112
+    ae_title: str = "DICOMCLOUD"
+    database_url: str = ""  # empty: embedded PostgreSQL under data_dir/pg
+    bus_url: str = ""  # empty: embedded durable journal under data_dir/bus
+    default_tenant: str = "default"
+    # called AE title -> TenantID; a called AE not listed maps to default_tenant
+    ae_tenants: Mapping[str, str] = field(default_factory=dict)
+    # calling AE titles allowed to associate; empty = any
+    allowed_calling_aes: tuple[str, ...] = ()
+    public_url: str = ""  # base URL written into BulkDataURIs; empty: from http host/port
+    cors_origins: tuple[str, ...] = ("*",)
+    max_instance_bytes: int = 2 * 1024**3
+    max_stow_bytes: int = 4 * 1024**3
+    qido_max_limit: int = 10_000
+    qido_default_limit: int = 1_000
+    webworker_interval: float = 0.5
+    log_level: str = "INFO"
+
+    @property
+    def root(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::", "") else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+    def tenant_for_called_ae(self, called_ae_title: str) -> str:
+        return self.ae_tenants.get(called_ae_title.strip(), self.default_tenant)
+
+    def masked(self) -> dict[str, Any]:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("database_url", "bus_url"):
+            shown[name] = mask_url(str(shown[name]))
+        return shown
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of ``scheme://user:password@host``."""
+    return re.sub(r"(//[^/:@]+:)[^@/]*@", r"\1***@", url)
+
+
+def _parse_map(text: str) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        ae, sep, tenant = item.partition("=")
+        if not sep:
+            raise ValueError(f"AE tenant map entry {item!r} is not AE=TENANT")
+        result[ae.strip()] = validate_tenant(tenant.strip())
+    return result
+
+
+def _convert(name: str, raw: str, current: Any) -> Any:
+    if name == "ae_tenants":
+        return _parse_map(raw)
+    if isinstance(current, tuple):
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+    if isinstance(current, Path):
+        return Path(raw)
+    if isinstance(current, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(current, int):
+        return int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    return raw
+
+
+def load(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from defaults, then ``DICOMCLOUD_*`` variables, then ``overrides``."""
+    env = os.environ if env is None else env
+    settings = Settings()
+    changes: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            changes[f.name] = _convert(f.name, raw, getattr(settings, f.name))
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        current = getattr(settings, name)
+        changes[name] = _convert(name, value, current) if isinstance(value, str) else value
+    settings = replace(settings, **changes)
+    validate_tenant(settings.default_tenant)
+    if not 0 < len(settings.ae_title) <= 16:
+        raise ValueError("the AE title must be 1 to 16 characters")
+    return settings
