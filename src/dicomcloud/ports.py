@@ -83,8 +83,14 @@ class StudyState:
 class Index(Protocol):
     """Patient / study / series state (PostgreSQL), with exact counts."""
 
-    async def apply(self, records: Sequence[InstanceRecord]) -> list[tuple[SeriesState, StudyState]]:
-        """Upsert ``records`` idempotently; return the state of every series touched."""
+    async def apply(
+        self, records: Sequence[tuple[InstanceRecord, str]]
+    ) -> list[tuple[SeriesState, StudyState]]:
+        """Upsert (record, received_at ISO time) pairs idempotently.
+
+        Returns the state of every series that changed: a new instance, or a
+        newer copy of a known one. Redelivering the same events changes nothing.
+        """
         ...
 
     async def series_state(self, key: SeriesKey) -> SeriesState | None: ...

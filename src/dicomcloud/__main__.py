@@ -1,0 +1,3 @@
+from dicomcloud.entrypoints.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""The warehouse in PostgreSQL (embedded mode): schema ``warehouse``.
+
+Loads are idempotent upserts keyed like the Doris tables will be (tenant
+first), so a redelivered batch changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from dicomcloud.adapters.postgres import qido
+from dicomcloud.adapters.postgres.schema import WAREHOUSE
+from dicomcloud.domain.attributes import STORED_INSTANCE, STORED_SERIES, STORED_STUDY
+from dicomcloud.domain.messages import DicomImageMeta, DicomStateMeta, InstanceStored
+from dicomcloud.domain.qido import QidoQuery
+
+_KEYS = {"tenant_id", "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "sop_class_uid"}
+_VALUE_COLS = [a.column for a in STORED_STUDY + STORED_SERIES + STORED_INSTANCE if a.column not in _KEYS]
+_IMAGE_COLS = [
+    "tenant_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "patient_id",
+    "file_path",
+    "file_size",
+    "received_at",
+    *_VALUE_COLS,
+    "study_attrs",
+    "series_attrs",
+    "instance_attrs",
+]
+_QUOTED = ", ".join('"' + c + '"' for c in _IMAGE_COLS)
+_IMAGE_UPSERT = (
+    f"INSERT INTO {WAREHOUSE}.dicom_image_meta AS m ({_QUOTED}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(_IMAGE_COLS)))}) "
+    "ON CONFLICT (tenant_id, study_instance_uid, series_instance_uid, sop_instance_uid) DO UPDATE SET "
+    + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _IMAGE_COLS[4:])
+    + ", loaded_at = now() WHERE m.received_at <= EXCLUDED.received_at"
+)
+
+
+class PostgresWarehouse:
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    async def close(self) -> None:
+        return None
+
+    async def load_image_meta(self, rows: Sequence[DicomImageMeta]) -> None:
+        if not rows:
+            return
+        args = [
+            (
+                r.tenant_id,
+                r.study_instance_uid,
+                r.series_instance_uid,
+                r.sop_instance_uid,
+                r.sop_class_uid,
+                r.transfer_syntax_uid,
+                r.patient_id,
+                r.file_path,
+                r.file_size,
+                datetime.fromisoformat(r.received_at),
+                *[r.values.get(c) for c in _VALUE_COLS],
+                r.study,
+                r.series,
+                r.instance,
+            )
+            for r in rows
+        ]
+        async with self._pool.acquire() as conn:
+            await conn.executemany(_IMAGE_UPSERT, args)
+
+    async def load_state_meta(self, rows: Sequence[DicomStateMeta]) -> None:
+        if not rows:
+            return
+        async with self._pool.acquire() as conn:
+            await conn.executemany(
+                f"""INSERT INTO {WAREHOUSE}.dicom_state_meta (tenant_id, study_instance_uid,
+                      series_instance_uid, revision, patient_id, modality,
+                      number_of_series_related_instances, number_of_study_related_series,
+                      number_of_study_related_instances, updated_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING""",
+                [
+                    (
+                        r.tenant_id,
+                        r.study_instance_uid,
+                        r.series_instance_uid,
+                        r.revision,
+                        r.patient_id,
+                        r.modality,
+                        r.number_of_series_related_instances,
+                        r.number_of_study_related_series,
+                        r.number_of_study_related_instances,
+                        datetime.fromisoformat(r.updated_at),
+                    )
+                    for r in rows
+                ],
+            )
+
+    async def load_store_log(self, rows: Sequence[InstanceStored]) -> None:
+        if not rows:
+            return
+        async with self._pool.acquire() as conn:
+            await conn.executemany(
+                f"""INSERT INTO {WAREHOUSE}.store_log (tenant_id, sop_instance_uid, received_at,
+                      study_instance_uid, series_instance_uid, sop_class_uid, transfer_syntax_uid,
+                      file_size, source_kind, calling_ae_title, called_ae_title, address)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING""",
+                [
+                    (
+                        r.tenant_id,
+                        r.sop_instance_uid,
+                        datetime.fromisoformat(r.received_at),
+                        r.study_instance_uid,
+                        r.series_instance_uid,
+                        r.sop_class_uid,
+                        r.transfer_syntax_uid,
+                        r.file_size,
+                        r.source.kind,
+                        r.source.calling_ae_title,
+                        r.source.called_ae_title,
+                        r.source.address,
+                    )
+                    for r in rows
+                ],
+            )
+
+    async def search_instances(self, query: QidoQuery) -> Any:
+        return await qido.search_instances(self._pool, query)

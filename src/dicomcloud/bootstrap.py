@@ -1,0 +1,108 @@
+"""Settings → adapters → use cases. The only module that picks concrete adapters."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from dicomcloud.adapters.filesystem import FileBlobStore
+from dicomcloud.adapters.journal_bus import JournalBus
+from dicomcloud.adapters.postgres.embedded import EmbeddedPostgres
+from dicomcloud.adapters.postgres.index import PostgresIndex
+from dicomcloud.adapters.postgres.pool import create_pool
+from dicomcloud.adapters.postgres.schema import migrate
+from dicomcloud.adapters.postgres.warehouse import PostgresWarehouse
+from dicomcloud.domain.layout import InstanceKey
+from dicomcloud.entrypoints.http.context import tenant_prefix
+from dicomcloud.errors import Unavailable
+from dicomcloud.ports import BlobStore, Bus, Index, Warehouse
+from dicomcloud.settings import Settings
+from dicomcloud.usecases.build_metadata import MetadataBuilder
+from dicomcloud.usecases.index_instances import IndexInstances
+from dicomcloud.usecases.ingest import Ingest
+from dicomcloud.usecases.load_warehouse import LoadWarehouse
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Archive:
+    """Everything a service needs, opened once and closed by ``stack``."""
+
+    settings: Settings
+    blobs: BlobStore
+    bus: Bus
+    index: Index
+    warehouse: Warehouse
+    ingest: Ingest
+    metadata: MetadataBuilder
+    index_instances: IndexInstances
+    load_warehouse: LoadWarehouse
+    database_url: str
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    def instance_url(self, key: InstanceKey) -> str:
+        """Absolute URL of an instance as written into stored metadata (BulkDataURIs)."""
+        return (
+            f"{self.stored_service_url(key.tenant_id)}/studies/{key.study_instance_uid}"
+            f"/series/{key.series_instance_uid}/instances/{key.sop_instance_uid}"
+        )
+
+    def stored_service_url(self, tenant_id: str) -> str:
+        return self.settings.base_url + tenant_prefix(tenant_id, self.settings.default_tenant)
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+def _bus(settings: Settings) -> Bus:
+    if settings.bus_url and not settings.bus_url.startswith("embedded"):
+        raise Unavailable(f"bus {settings.bus_url!r} is not supported yet (only the embedded journal)")
+    return JournalBus(settings.data_dir / "bus")
+
+
+async def open_archive(settings: Settings) -> Archive:
+    stack = AsyncExitStack()
+    try:
+        database_url = settings.database_url
+        if not database_url:
+            embedded = EmbeddedPostgres(settings.data_dir / "pg")
+            database_url = embedded.start()
+            stack.callback(embedded.stop)
+        pool = await create_pool(database_url)
+        stack.push_async_callback(pool.close)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        blobs = FileBlobStore(settings.root)
+        bus = _bus(settings)
+        stack.push_async_callback(bus.close)
+        index = PostgresIndex(pool)
+        warehouse = PostgresWarehouse(pool)
+        archive: Archive
+        metadata = MetadataBuilder(blobs, index, lambda key: archive.instance_url(key))
+        archive = Archive(
+            settings=settings,
+            blobs=blobs,
+            bus=bus,
+            index=index,
+            warehouse=warehouse,
+            ingest=Ingest(blobs, bus, max_instance_bytes=settings.max_instance_bytes),
+            metadata=metadata,
+            index_instances=IndexInstances(blobs, index, bus),
+            load_warehouse=LoadWarehouse(warehouse),
+            database_url=database_url,
+            stack=stack,
+        )
+        return archive
+    except (OSError, asyncpg.PostgresError) as exc:
+        await stack.aclose()
+        raise Unavailable(f"could not open the archive: {exc}") from exc
+    except BaseException:
+        await stack.aclose()
+        raise
+
+

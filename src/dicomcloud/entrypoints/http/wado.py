@@ -1,0 +1,268 @@
+"""WADO-RS (PS3.18 §10.4): instances, metadata, bulk data and frames.
+
+Instances are streamed as stored, byte for byte; metadata is served from the
+precomputed files of the webworker (brought up to date first if stale, so
+``/metadata`` lists every instance QIDO lists); frames are cut from the
+stored Pixel Data without decoding. Parsing happens in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+from collections.abc import Iterator, Sequence
+
+import orjson
+from pydicom.filereader import dcmread, read_file_meta_info
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from dicomcloud.domain import frames as frames_mod
+from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey, instance_path
+from dicomcloud.domain.media import (
+    ANY_TRANSFER_SYNTAX,
+    InstanceMedia,
+    choose_frame_media,
+    choose_instance_media,
+    choose_metadata_media,
+)
+from dicomcloud.domain.multipart import Part, encode_multipart_related, multipart_related_type, new_boundary
+from dicomcloud.entrypoints.http.context import archive, path_uid, service_url, tenant_of
+from dicomcloud.errors import InvalidInput, NotFound
+
+APPLICATION_DICOM = "application/dicom"
+OCTET_STREAM = "application/octet-stream"
+
+
+def _study(request: Request) -> StudyKey:
+    return StudyKey(tenant_of(request), path_uid(request, "study", "StudyInstanceUID"))
+
+
+def _series(request: Request) -> SeriesKey:
+    return SeriesKey(
+        tenant_of(request),
+        path_uid(request, "study", "StudyInstanceUID"),
+        path_uid(request, "series", "SeriesInstanceUID"),
+    )
+
+
+def _instance(request: Request) -> InstanceKey:
+    return InstanceKey(
+        tenant_of(request),
+        path_uid(request, "study", "StudyInstanceUID"),
+        path_uid(request, "series", "SeriesInstanceUID"),
+        path_uid(request, "instance", "SOPInstanceUID"),
+    )
+
+
+def _stored_transfer_syntax(path: str) -> str:
+    return str(read_file_meta_info(path).TransferSyntaxUID)
+
+
+# --- instances -----------------------------------------------------------------------
+
+
+def _needs_syntax_check(media: InstanceMedia) -> bool:
+    return ANY_TRANSFER_SYNTAX not in media.transfer_syntaxes
+
+
+async def _instances_response(request: Request, keys: Sequence[InstanceKey], *, single: bool) -> Response:
+    a = archive(request)
+    media = choose_instance_media(request.headers.get("accept"), single_part_allowed=single)
+    paths = [str(a.blobs.absolute(instance_path(k))) for k in keys]
+    content_types: list[str] = []
+    if _needs_syntax_check(media):
+        # Decide every part's syntax (or 406) before the first byte is sent.
+        for p in paths:
+            try:
+                stored = await asyncio.to_thread(_stored_transfer_syntax, p)
+            except FileNotFoundError as exc:
+                raise NotFound("instance not found") from exc
+            content_types.append(media.part_content_type(stored))
+    if not media.multipart:
+        try:
+            data = await asyncio.to_thread(_read, paths[0])
+        except FileNotFoundError as exc:
+            raise NotFound(f"instance {keys[0].sop_instance_uid} not found") from exc
+        return Response(data, media_type=content_types[0] if content_types else APPLICATION_DICOM)
+    if len(paths) == 1 and not await asyncio.to_thread(_exists, paths[0]):
+        raise NotFound(f"instance {keys[0].sop_instance_uid} not found")
+    boundary = new_boundary()
+
+    def parts() -> Iterator[Part]:
+        for i, path in enumerate(paths):
+            try:
+                data = _read(path)
+            except FileNotFoundError:
+                continue  # removed meanwhile; the others still go out
+            yield Part.of(content_types[i] if content_types else APPLICATION_DICOM, data)
+
+    # A sync iterator: Starlette runs it in a worker thread, off the event loop.
+    return StreamingResponse(
+        encode_multipart_related(parts(), boundary),
+        media_type=multipart_related_type(APPLICATION_DICOM, boundary),
+    )
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _exists(path: str) -> bool:
+    return os.path.isfile(path)
+
+
+async def retrieve_study(request: Request) -> Response:
+    key = _study(request)
+    keys = await archive(request).index.instances(key)
+    if not keys:
+        raise NotFound(f"study {key.study_instance_uid} not found")
+    return await _instances_response(request, keys, single=False)
+
+
+async def retrieve_series(request: Request) -> Response:
+    key = _series(request)
+    keys = await archive(request).index.instances(key)
+    if not keys:
+        raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
+    return await _instances_response(request, keys, single=False)
+
+
+async def retrieve_instance(request: Request) -> Response:
+    return await _instances_response(request, [_instance(request)], single=True)
+
+
+# --- metadata ------------------------------------------------------------------------
+
+
+def _metadata_response(request: Request, path: str, stored_base: str) -> Response:
+    """Serve a metadata file; BulkDataURIs are rewritten when addressed under another base."""
+    a = archive(request)
+    media = choose_metadata_media(request.headers.get("accept"))
+    base = service_url(request)
+    gz_ok = "gzip" in request.headers.get("accept-encoding", "")
+    absolute = a.blobs.absolute(path)
+    if base == stored_base and gz_ok:
+        data = absolute.with_name(absolute.name + ".gz").read_bytes()
+        return Response(data, media_type=media, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+    data = absolute.read_bytes()
+    if base != stored_base:
+        data = data.replace(f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode())
+    if gz_ok and len(data) > 1024:
+        return Response(
+            gzip.compress(data, 1), media_type=media,
+            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+        )
+    return Response(data, media_type=media, headers={"Vary": "Accept-Encoding"})
+
+
+async def study_metadata(request: Request) -> Response:
+    a = archive(request)
+    key = _study(request)
+    path = await a.metadata.ensure_study(key)
+    return await asyncio.to_thread(_metadata_response, request, path, a.stored_service_url(key.tenant_id))
+
+
+async def series_metadata(request: Request) -> Response:
+    a = archive(request)
+    key = _series(request)
+    path = await a.metadata.ensure_series(key)
+    return await asyncio.to_thread(_metadata_response, request, path, a.stored_service_url(key.tenant_id))
+
+
+async def instance_metadata(request: Request) -> Response:
+    a = archive(request)
+    key = _instance(request)
+    media = choose_metadata_media(request.headers.get("accept"))
+    obj = await asyncio.to_thread(a.metadata.read_instance_json, key)
+    data = orjson.dumps([obj])
+    stored_base, base = a.stored_service_url(key.tenant_id), service_url(request)
+    if base != stored_base:
+        data = data.replace(f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode())
+    return Response(data, media_type=media)
+
+
+# --- bulk data and frames ------------------------------------------------------------
+
+
+def _parse_frame_list(text: str) -> list[int]:
+    numbers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise InvalidInput(f"frame list {text!r} must be comma-separated numbers from 1")
+        numbers.append(int(item))
+    return numbers
+
+
+async def retrieve_frames(request: Request) -> Response:
+    a = archive(request)
+    key = _instance(request)
+    numbers = _parse_frame_list(request.path_params["frames"])
+    path = a.blobs.absolute(instance_path(key))
+    result = await asyncio.to_thread(frames_mod.read_frames, path, numbers)
+    stored_ts, frames = result.transfer_syntax_uid, result.frames
+    media = choose_frame_media(request.headers.get("accept"), stored_ts, single_part_allowed=len(numbers) == 1)
+    if not media.multipart:
+        return Response(bytes(frames[0]), media_type=media.part_content_type)
+    boundary = new_boundary()
+    parts = [Part.of(media.part_content_type, f) for f in frames]
+    body = b"".join(bytes(c) for c in encode_multipart_related(parts, boundary))
+    return Response(body, media_type=multipart_related_type(media.media_type, boundary))
+
+
+def _all_frames(path: str) -> frames_mod.Frames:
+    return frames_mod.read_frames(path, range(1, frames_mod.frame_count(path) + 1))
+
+
+def _bulk_value(path: str, tag: int) -> bytes:
+    ds = dcmread(path)
+    if tag not in ds:
+        raise NotFound(f"the instance has no attribute {tag:08X}")
+    value = ds[tag].value
+    if not isinstance(value, (bytes, bytearray)):
+        raise NotFound(f"attribute {tag:08X} is not bulk data")
+    return bytes(value)
+
+
+async def retrieve_bulkdata(request: Request) -> Response:
+    a = archive(request)
+    key = _instance(request)
+    tag_text = request.path_params["tag"]
+    if len(tag_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag_text):
+        raise InvalidInput(f"bulk data tag {tag_text!r} must be 8 hexadecimal digits")
+    tag = int(tag_text, 16)
+    path = str(a.blobs.absolute(instance_path(key)))
+    if tag == 0x7FE00010:
+        # Pixel Data: its frames, each with its transfer syntax (PS3.18 §10.4.1.1.4).
+        result = await asyncio.to_thread(_all_frames, path)
+        stored_ts, frames = result.transfer_syntax_uid, result.frames
+        media = choose_frame_media(request.headers.get("accept"), stored_ts)
+        boundary = new_boundary()
+        body = b"".join(bytes(c) for c in encode_multipart_related(
+            [Part.of(media.part_content_type, f) for f in frames], boundary))
+        return Response(body, media_type=multipart_related_type(media.media_type, boundary))
+    try:
+        value = await asyncio.to_thread(_bulk_value, path, tag)
+    except FileNotFoundError as exc:
+        raise NotFound(f"instance {key.sop_instance_uid} not found") from exc
+    boundary = new_boundary()
+    body = b"".join(bytes(c) for c in encode_multipart_related([Part.of(OCTET_STREAM, value)], boundary))
+    return Response(body, media_type=multipart_related_type(OCTET_STREAM, boundary))
+
+
+def routes() -> list[Route]:
+    i = "/studies/{study}/series/{series}/instances/{instance}"
+    return [
+        Route("/studies/{study}", retrieve_study, methods=["GET"]),
+        Route("/studies/{study}/metadata", study_metadata, methods=["GET"]),
+        Route("/studies/{study}/series/{series}", retrieve_series, methods=["GET"]),
+        Route("/studies/{study}/series/{series}/metadata", series_metadata, methods=["GET"]),
+        Route(i, retrieve_instance, methods=["GET"]),
+        Route(i + "/metadata", instance_metadata, methods=["GET"]),
+        Route(i + "/frames/{frames}", retrieve_frames, methods=["GET"]),
+        Route(i + "/bulkdata/{tag}", retrieve_bulkdata, methods=["GET"]),
+    ]

@@ -1,0 +1,115 @@
+"""The C-ECHO / C-STORE SCP (PS3.4 Annex A and B) on pynetdicom.
+
+One handler decides the C-STORE status: it writes the instance through the
+ingest use case (file fsync'ed and renamed, event durable on the bus) and
+answers Success only then; any error becomes the DIMSE status from the
+table in ``errors.py`` with an ErrorComment. Nagle's algorithm is disabled
+on every association's socket (ARCHITECTURE §8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomcloud.domain.messages import Source
+from dicomcloud.errors import DicomCloudError, dimse_status
+from dicomcloud.settings import Settings
+from dicomcloud.usecases.ingest import Ingest
+
+log = logging.getLogger(__name__)
+STATUS_SUCCESS = 0x0000
+PUBLISH_TIMEOUT = 30.0
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:64]
+    return ds
+
+
+def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.AbstractEventLoop) -> Dataset:
+    """EVT_C_STORE: the one handler that decides the status (runs in the association thread)."""
+    assoc = event.assoc
+    called = assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else ""
+    called_ae = called.decode() if isinstance(called, bytes) else str(called or settings.ae_title)
+    calling_ae = str(assoc.requestor.ae_title or "").strip()
+    tenant_id = settings.tenant_for_called_ae(called_ae.strip())
+    request = event.request
+    try:
+        data = event.encoded_dataset()
+        parsed = ingest.write(
+            data,
+            tenant_id,
+            expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
+            expected_sop_class_uid=str(request.AffectedSOPClassUID or "") or None,
+        )
+        source = Source("dimse", calling_ae, called_ae.strip(), str(assoc.requestor.address))
+        future = asyncio.run_coroutine_threadsafe(ingest.publish(parsed, len(data), source), loop)
+        future.result(timeout=PUBLISH_TIMEOUT)
+    except DicomCloudError as exc:
+        log.warning("C-STORE from %s refused: %s", calling_ae, exc.reason)
+        return _status(dimse_status(exc), exc.reason)
+    except TimeoutError:
+        log.error("C-STORE from %s: the bus did not confirm within %ss", calling_ae, PUBLISH_TIMEOUT)
+        return _status(0xA700, "the message bus did not confirm in time")
+    except Exception as exc:
+        log.exception("C-STORE from %s failed", calling_ae)
+        return _status(0x0110, f"processing failure: {type(exc).__name__}")
+    return _status(STATUS_SUCCESS)
+
+
+def handle_echo(event: Any) -> int:
+    return STATUS_SUCCESS
+
+
+def handle_open(event: Any) -> None:
+    """EVT_CONN_OPEN: no Nagle delay on this association's socket."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            log.debug("could not set TCP_NODELAY", exc_info=True)
+
+
+class StoreSCP:
+    def __init__(self, settings: Settings, ingest: Ingest, loop: asyncio.AbstractEventLoop) -> None:
+        self._settings = settings
+        self._ingest = ingest
+        self._loop = loop
+        self._server: Any = None
+
+    def start(self) -> None:
+        ae = AE(ae_title=self._settings.ae_title)
+        ae.maximum_pdu_size = 0  # no limit on what peers may send us per PDU
+        ae.maximum_associations = 64
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        if self._settings.allowed_calling_aes:
+            ae.require_calling_aet = list(self._settings.allowed_calling_aes)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        handlers = [
+            (evt.EVT_C_STORE, handle_store, [self._ingest, self._settings, self._loop]),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_CONN_OPEN, handle_open),
+        ]
+        self._server = ae.start_server(
+            (self._settings.dimse_host, self._settings.dimse_port), block=False, evt_handlers=handlers
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None

@@ -1,0 +1,118 @@
+"""The consumer's use case: index stored instances (ARCHITECTURE §2 ``consumer``).
+
+For a batch of InstanceStored events: read each file's header (off the event
+loop), upsert patient/study/series state in the index, then publish
+DicomImageMeta (every instance) and DicomStateMeta (every changed series).
+Outcomes are named: a record is *done*, or *dead-lettered* with its reason
+(a file that cannot be read will never succeed); a store failure raises so
+that the whole batch is *retried later*, uncommitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydicom.filereader import dcmread
+
+from dicomcloud.domain.header import InstanceRecord
+from dicomcloud.domain.messages import (
+    DICOM_IMAGE_QUEUE,
+    DICOM_STATE_QUEUE,
+    DicomImageMeta,
+    DicomStateMeta,
+    InstanceStored,
+    decode,
+    encode,
+)
+from dicomcloud.errors import DicomCloudError, InvalidInput
+from dicomcloud.ports import BlobStore, Bus, Index, Record
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: Record
+    reason: str
+
+
+def read_instance_record(path: Path, tenant_id: str, transfer_syntax_uid: str) -> InstanceRecord:
+    """Header of a stored file → InstanceRecord (CPU + I/O; run in a thread)."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"stored file {path.name} is missing") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad files
+        raise InvalidInput(f"stored file {path.name} is unreadable: {exc}") from exc
+    return InstanceRecord.from_dataset(ds, tenant_id, transfer_syntax_uid)
+
+
+class IndexInstances:
+    def __init__(self, blobs: BlobStore, index: Index, bus: Bus) -> None:
+        self._blobs = blobs
+        self._index = index
+        self._bus = bus
+
+    def _read_all(
+        self, records: list[Record]
+    ) -> tuple[list[tuple[InstanceStored, InstanceRecord]], list[DeadLetter]]:
+        good: list[tuple[InstanceStored, InstanceRecord]] = []
+        dead: list[DeadLetter] = []
+        for record in records:
+            try:
+                event = decode(record.value)
+                if not isinstance(event, InstanceStored):
+                    raise InvalidInput(f"{type(event).__name__} does not belong on {record.topic}")
+                header = read_instance_record(
+                    self._blobs.absolute(event.file_path), event.tenant_id, event.transfer_syntax_uid
+                )
+                if header.key.sop_instance_uid != event.sop_instance_uid:
+                    raise InvalidInput("the stored file's SOPInstanceUID differs from the event's")
+            except DicomCloudError as exc:
+                dead.append(DeadLetter(record, exc.reason))
+                continue
+            good.append((event, header))
+        return good, dead
+
+    async def handle(self, records: list[Record]) -> list[DeadLetter]:
+        good, dead = await asyncio.to_thread(self._read_all, records)
+        if not good:
+            return dead
+        changes = await self._index.apply([(header, event.received_at) for event, header in good])
+        now = datetime.now(UTC).isoformat()
+        out: list[tuple[str, str, bytes]] = []
+        for event, header in good:
+            meta = DicomImageMeta(
+                tenant_id=event.tenant_id,
+                study_instance_uid=event.study_instance_uid,
+                series_instance_uid=event.series_instance_uid,
+                sop_instance_uid=event.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                transfer_syntax_uid=event.transfer_syntax_uid,
+                patient_id=header.patient_id,
+                file_path=event.file_path,
+                file_size=event.file_size,
+                received_at=event.received_at,
+                values={**header.study_values, **header.series_values, **header.instance_values},
+                study=header.study,
+                series=header.series,
+                instance=header.instance,
+            )
+            out.append((DICOM_IMAGE_QUEUE, event.study_instance_uid, encode(meta)))
+        for series, study in changes:
+            state = DicomStateMeta(
+                tenant_id=series.key.tenant_id,
+                patient_id=study.patient_id,
+                study_instance_uid=series.key.study_instance_uid,
+                series_instance_uid=series.key.series_instance_uid,
+                revision=series.revision,
+                number_of_series_related_instances=series.number_of_series_related_instances,
+                number_of_study_related_series=study.number_of_study_related_series,
+                number_of_study_related_instances=study.number_of_study_related_instances,
+                modality=series.modality,
+                updated_at=now,
+            )
+            out.append((DICOM_STATE_QUEUE, series.key.study_instance_uid, encode(state)))
+        await self._bus.publish(out)
+        return dead
