@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,16 +26,20 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     url = os.environ.get("DICOMCLOUD_TEST_DATABASE_URL")
     if url:
         yield url
         return
     from dicomcloud.adapters.postgres.embedded import EmbeddedPostgres
 
-    server = EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "pgdata")
+    # Not under pytest's basetemp: pytest rotates those directories, and a
+    # concurrent run could delete a live cluster.
+    root = Path(tempfile.mkdtemp(prefix="dicomcloud-test-pg-"))
+    server = EmbeddedPostgres(root / "pgdata")
     yield server.start()
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

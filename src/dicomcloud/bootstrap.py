@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 
@@ -61,7 +60,9 @@ class Archive:
 
 def _bus(settings: Settings) -> Bus:
     if settings.bus_url and not settings.bus_url.startswith("embedded"):
-        raise Unavailable(f"bus {settings.bus_url!r} is not supported yet (only the embedded journal)")
+        raise Unavailable(
+            f"bus {settings.bus_url!r} is not supported yet (only the embedded journal)"
+        )
     return JournalBus(settings.data_dir / "bus")
 
 
@@ -104,5 +105,3 @@ async def open_archive(settings: Settings) -> Archive:
     except BaseException:
         await stack.aclose()
         raise
-
-

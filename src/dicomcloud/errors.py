@@ -95,6 +95,7 @@ DIMSE_STATUS: dict[type[DicomCloudError], int] = {
     MissingAttribute: STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     DatasetMismatch: STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS,
     PayloadTooLarge: STATUS_OUT_OF_RESOURCES,
+    InvalidInput: STATUS_CANNOT_UNDERSTAND,
     Unavailable: STATUS_OUT_OF_RESOURCES,
     DicomCloudError: STATUS_PROCESSING_FAILURE,
 }
@@ -113,7 +114,7 @@ HTTP_STATUS: dict[type[DicomCloudError], int] = {
 def _lookup(table: dict[type[DicomCloudError], int], exc: DicomCloudError) -> int:
     for cls in type(exc).__mro__:
         if cls in table:
-            return table[cls]  # type: ignore[index]
+            return table[cls]
     return table[DicomCloudError]
 
 

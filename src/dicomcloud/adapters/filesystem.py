@@ -29,8 +29,13 @@ class FileBlobStore:
         return self.root / path
 
     def write_atomic(
-        self, path: str, data: bytes | memoryview, *, mtime_ns: int | None = None
+        self, path: str, data: bytes | memoryview, *, mtime_ns: int | None = None, sync: bool = True
     ) -> int:
+        """Write ``data`` at ``path`` atomically; ``sync`` also makes it durable.
+
+        Derived files (metadata) pass ``sync=False``: they are rebuilt from the
+        instances whenever they are stale or missing.
+        """
         target = self.absolute(path)
         directory = target.parent
         directory.mkdir(parents=True, exist_ok=True)
@@ -41,7 +46,8 @@ class FileBlobStore:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)
@@ -50,12 +56,28 @@ class FileBlobStore:
         if mtime_ns is not None:
             os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, target)
+        if not sync:
+            return len(data)
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
         return len(data)
+
+    def sync(self, path: str) -> None:
+        """Make a file written with ``sync=False`` durable: fsync it and its directory."""
+        target = self.absolute(path)
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def read(self, path: str) -> bytes:
         return self.absolute(path).read_bytes()

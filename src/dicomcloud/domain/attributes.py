@@ -40,12 +40,12 @@ def _snake(keyword: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", keyword).lower()
 
 
-def _attr(keyword: str, level: Level, *, matchable: bool = True, computed: bool = False) -> Attribute:
+def _attr(
+    keyword: str, level: Level, *, matchable: bool = True, computed: bool = False
+) -> Attribute:
     tag = tag_for_keyword(keyword)
     assert tag is not None, keyword
-    return Attribute(
-        keyword, tag, dictionary_VR(tag), level, _snake(keyword), matchable, computed
-    )
+    return Attribute(keyword, tag, dictionary_VR(tag), level, _snake(keyword), matchable, computed)
 
 
 P, ST, SE, IN = Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE

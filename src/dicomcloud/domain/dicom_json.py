@@ -28,12 +28,14 @@ def instance_json(ds: Dataset, instance_url: str) -> dict[str, Any]:
         tag = int(elem.tag)
         vr = str(elem.VR)
         if tag in PIXEL_DATA_TAGS or (vr in BULK_VRS and _length(elem) > BULK_THRESHOLD):
-            result[f"{tag:08X}"] = {"vr": vr if vr != "OB or OW" else "OW",
-                                   "BulkDataURI": bulkdata_uri(instance_url, tag)}
+            result[f"{tag:08X}"] = {
+                "vr": vr if vr != "OB or OW" else "OW",
+                "BulkDataURI": bulkdata_uri(instance_url, tag),
+            }
             continue
         try:
             result[f"{tag:08X}"] = elem.to_json_dict(None, 1 << 30)
-        except Exception:  # noqa: BLE001 - tolerant when reading: an unencodable value is left out
+        except Exception:
             continue
     return result
 

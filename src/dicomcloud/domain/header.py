@@ -71,7 +71,7 @@ def level_attributes(ds: Dataset, attrs: tuple[Attribute, ...]) -> tuple[JsonDic
             elem = ds[attr.tag]
             json_attrs[attr.tag_hex] = elem.to_json_dict(None, 1 << 30)
             values[attr.column] = _match_value(attr, elem.value)
-        except Exception:  # noqa: BLE001 - tolerant when reading: a bad optional value is left out
+        except Exception:
             continue
     return json_attrs, values
 

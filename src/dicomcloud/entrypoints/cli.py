@@ -33,20 +33,30 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="SERVICE")
     for name, text in _HELP.items():
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--data-dir", help="where files, bus journal and embedded PostgreSQL live "
-                       "[DICOMCLOUD_DATA_DIR, ./dicomcloud-data]")
-        p.add_argument("--database-url", help="postgresql://… ; empty: embedded server in the data dir "
-                       "[DICOMCLOUD_DATABASE_URL]")
+        p.add_argument(
+            "--data-dir",
+            help="where files, bus journal and embedded PostgreSQL live "
+            "[DICOMCLOUD_DATA_DIR, ./dicomcloud-data]",
+        )
+        p.add_argument(
+            "--database-url",
+            help="postgresql://… ; empty: embedded server in the data dir "
+            "[DICOMCLOUD_DATABASE_URL]",
+        )
         if name in ("up", "server"):
             p.add_argument("--http-host", help="[DICOMCLOUD_HTTP_HOST, 127.0.0.1]")
             p.add_argument("--http-port", type=int, help="[DICOMCLOUD_HTTP_PORT, 8080]")
-            p.add_argument("--public-url", help="base URL written into BulkDataURIs [DICOMCLOUD_PUBLIC_URL]")
+            p.add_argument(
+                "--public-url", help="base URL written into BulkDataURIs [DICOMCLOUD_PUBLIC_URL]"
+            )
         if name in ("up", "storescp"):
             p.add_argument("--dimse-host", help="[DICOMCLOUD_DIMSE_HOST, 0.0.0.0]")
             p.add_argument("--dimse-port", type=int, help="[DICOMCLOUD_DIMSE_PORT, 11112]")
             p.add_argument("--ae-title", help="[DICOMCLOUD_AE_TITLE, DICOMCLOUD]")
-            p.add_argument("--ae-tenants", help="called AE → tenant map, e.g. 'CT1=hospa,MR1=hospb' "
-                           "[DICOMCLOUD_AE_TENANTS]")
+            p.add_argument(
+                "--ae-tenants",
+                help="called AE → tenant map, e.g. 'CT1=hospa,MR1=hospb' [DICOMCLOUD_AE_TENANTS]",
+            )
         p.add_argument("--log-level", help="[DICOMCLOUD_LOG_LEVEL, INFO]")
     return parser
 
@@ -88,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     services = list(SERVICES.values()) if args.command == "up" else [SERVICES[args.command]]
     try:
         return asyncio.run(run(services, settings))

@@ -9,25 +9,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 
 from dicomcloud.bootstrap import Archive
-from dicomcloud.domain.messages import DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE, STORAGE_QUEUE
+from dicomcloud.domain.messages import (
+    DICOM_IMAGE_QUEUE,
+    DICOM_STATE_QUEUE,
+    LOG_QUEUE,
+    STORAGE_QUEUE,
+)
 from dicomcloud.entrypoints.http.app import create_app
 from dicomcloud.entrypoints.storescp import StoreSCP
 from dicomcloud.usecases.consume import consume
 
 log = logging.getLogger(__name__)
-Service = Callable[[Archive, asyncio.Event], Awaitable[None]]
+Service = Callable[[Archive, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 async def storescp(archive: Archive, stop: asyncio.Event) -> None:
     scp = StoreSCP(archive.settings, archive.ingest, asyncio.get_running_loop())
     await asyncio.to_thread(scp.start)
     s = archive.settings
-    print(f"DIMSE  C-ECHO/C-STORE SCP  AE {s.ae_title} on {s.dimse_host}:{s.dimse_port}", flush=True)
+    print(
+        f"DIMSE  C-ECHO/C-STORE SCP  AE {s.ae_title} on {s.dimse_host}:{s.dimse_port}", flush=True
+    )
     try:
         await stop.wait()
     finally:
@@ -35,7 +43,9 @@ async def storescp(archive: Archive, stop: asyncio.Event) -> None:
 
 
 async def consumer(archive: Archive, stop: asyncio.Event) -> None:
-    await consume(archive.bus, "consumer", [STORAGE_QUEUE], archive.index_instances.handle, stop)
+    await consume(
+        archive.bus, "consumer", [STORAGE_QUEUE], archive.index_instances.handle, stop, linger=0.25
+    )
 
 
 async def loader(archive: Archive, stop: asyncio.Event) -> None:
@@ -45,6 +55,7 @@ async def loader(archive: Archive, stop: asyncio.Event) -> None:
         [DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE],
         archive.load_warehouse.handle,
         stop,
+        linger=0.5,
     )
 
 
@@ -52,7 +63,9 @@ async def webworker(archive: Archive, stop: asyncio.Event) -> None:
     """Periodic scan for series whose metadata is behind their index state."""
     while not stop.is_set():
         try:
-            built = await archive.metadata.run_once()
+            built = await archive.metadata.run_once(
+                quiet_seconds=archive.settings.webworker_quiet_seconds
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -89,7 +102,10 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
     if task.done():
         await task  # raises the bind error, if any
         raise SystemExit(f"the HTTP server on {s.http_host}:{s.http_port} stopped at start")
-    print(f"HTTP   DICOMweb  {s.base_url}/dicom-web   (tenants: {s.base_url}/tenants/<tenant>/dicom-web)", flush=True)
+    print(
+        f"HTTP   DICOMweb  {s.base_url}/dicom-web   (tenants: {s.base_url}/tenants/<tenant>/dicom-web)",
+        flush=True,
+    )
     try:
         await stop.wait()
     finally:

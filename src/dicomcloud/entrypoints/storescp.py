@@ -36,7 +36,9 @@ def _status(code: int, comment: str = "") -> Dataset:
     return ds
 
 
-def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.AbstractEventLoop) -> Dataset:
+def handle_store(
+    event: Any, ingest: Ingest, settings: Settings, loop: asyncio.AbstractEventLoop
+) -> Dataset:
     """EVT_C_STORE: the one handler that decides the status (runs in the association thread)."""
     assoc = event.assoc
     called = assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else ""
@@ -54,12 +56,17 @@ def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.A
         )
         source = Source("dimse", calling_ae, called_ae.strip(), str(assoc.requestor.address))
         future = asyncio.run_coroutine_threadsafe(ingest.publish(parsed, len(data), source), loop)
-        future.result(timeout=PUBLISH_TIMEOUT)
+        try:
+            ingest.make_durable(parsed)  # overlaps with the bus's own flush
+        finally:
+            future.result(timeout=PUBLISH_TIMEOUT)
     except DicomCloudError as exc:
         log.warning("C-STORE from %s refused: %s", calling_ae, exc.reason)
         return _status(dimse_status(exc), exc.reason)
     except TimeoutError:
-        log.error("C-STORE from %s: the bus did not confirm within %ss", calling_ae, PUBLISH_TIMEOUT)
+        log.error(
+            "C-STORE from %s: the bus did not confirm within %ss", calling_ae, PUBLISH_TIMEOUT
+        )
         return _status(0xA700, "the message bus did not confirm in time")
     except Exception as exc:
         log.exception("C-STORE from %s failed", calling_ae)
@@ -98,15 +105,18 @@ class StoreSCP:
         if self._settings.allowed_calling_aes:
             ae.require_calling_aet = list(self._settings.allowed_calling_aes)
         for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_STORE, handle_store, [self._ingest, self._settings, self._loop]),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_CONN_OPEN, handle_open),
         ]
         self._server = ae.start_server(
-            (self._settings.dimse_host, self._settings.dimse_port), block=False, evt_handlers=handlers
+            (self._settings.dimse_host, self._settings.dimse_port),
+            block=False,
+            evt_handlers=handlers,
         )
 
     def stop(self) -> None:

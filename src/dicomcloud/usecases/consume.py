@@ -9,6 +9,7 @@ Dead letters go to ``<topic>.dlq`` with the reason and the original message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -46,7 +47,10 @@ async def consume(
     max_records: int = 500,
     poll_timeout: float = 0.2,
     max_backoff: float = 10.0,
+    linger: float = 0.0,
 ) -> None:
+    """Consume ``topics`` as ``group`` until ``stop``; ``linger`` waits that long after
+    the first record of a batch for more, trading a little latency for fewer commits."""
     consumer = bus.consumer(group, topics)
     backoff = 0.1
     try:
@@ -54,28 +58,36 @@ async def consume(
             records = await consumer.poll(max_records, poll_timeout)
             if not records:
                 continue
+            if linger and len(records) < max_records:
+                await asyncio.sleep(linger)
+                records += await consumer.poll(max_records - len(records), 0)
             try:
                 dead = await handler(records)
                 if dead:
                     await bus.publish(
-                        [(dead_letter_topic(d.record.topic), d.record.key, dead_letter_value(d)) for d in dead]
+                        [
+                            (dead_letter_topic(d.record.topic), d.record.key, dead_letter_value(d))
+                            for d in dead
+                        ]
                     )
                     for d in dead:
-                        log.warning("dead-lettered %s@%s: %s", d.record.topic, d.record.offset, d.reason)
+                        log.warning(
+                            "dead-lettered %s@%s: %s", d.record.topic, d.record.offset, d.reason
+                        )
                 await consumer.commit(records)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # Retry later: nothing committed, the batch comes again.
-                log.exception("%s: batch of %d failed; retrying in %.1fs", group, len(records), backoff)
+                log.exception(
+                    "%s: batch of %d failed; retrying in %.1fs", group, len(records), backoff
+                )
                 seek = getattr(consumer, "seek_to_committed", None)
                 if seek is not None:
                     await seek()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
-                except TimeoutError:
-                    pass
                 backoff = min(backoff * 2, max_backoff)
     finally:
         await consumer.close()

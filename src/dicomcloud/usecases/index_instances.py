@@ -43,7 +43,7 @@ def read_instance_record(path: Path, tenant_id: str, transfer_syntax_uid: str) -
         ds = dcmread(path, stop_before_pixels=True)
     except FileNotFoundError as exc:
         raise InvalidInput(f"stored file {path.name} is missing") from exc
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad files
+    except Exception as exc:
         raise InvalidInput(f"stored file {path.name} is unreadable: {exc}") from exc
     return InstanceRecord.from_dataset(ds, tenant_id, transfer_syntax_uid)
 
@@ -65,7 +65,9 @@ class IndexInstances:
                 if not isinstance(event, InstanceStored):
                     raise InvalidInput(f"{type(event).__name__} does not belong on {record.topic}")
                 header = read_instance_record(
-                    self._blobs.absolute(event.file_path), event.tenant_id, event.transfer_syntax_uid
+                    self._blobs.absolute(event.file_path),
+                    event.tenant_id,
+                    event.transfer_syntax_uid,
                 )
                 if header.key.sop_instance_uid != event.sop_instance_uid:
                     raise InvalidInput("the stored file's SOPInstanceUID differs from the event's")

@@ -65,7 +65,7 @@ def parse_part10(data: bytes | memoryview, tenant_id: str) -> ParsedPart10:
         values = {kw: ds.get(kw) for kw in _HEADER_TAGS}
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
         raise MalformedDicom(f"unreadable DICOM: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on garbage
+    except Exception as exc:
         raise MalformedDicom(f"unreadable DICOM: {type(exc).__name__}: {exc}") from exc
     if not tsuid:
         raise MalformedDicom("file meta information has no TransferSyntaxUID (0002,0010)")
@@ -104,11 +104,20 @@ class Ingest:
         expected_sop_instance_uid: str | None = None,
         expected_sop_class_uid: str | None = None,
     ) -> ParsedPart10:
-        """Validate and write the file atomically (blocking; run in a worker thread)."""
+        """Validate and write the file atomically, not yet durable (blocking; run in a thread).
+
+        The caller makes it durable with :meth:`make_durable` *while* the event
+        is published, so the two flushes overlap; Success waits for both. Should
+        the process die in between, the sender got no Success and sends again;
+        a consumer that finds no file dead-letters the event.
+        """
         if len(data) > self._max:
             raise PayloadTooLarge(f"instance of {len(data)} bytes exceeds the limit of {self._max}")
         parsed = parse_part10(data, tenant_id)
-        if expected_study_instance_uid and parsed.key.study_instance_uid != expected_study_instance_uid:
+        if (
+            expected_study_instance_uid
+            and parsed.key.study_instance_uid != expected_study_instance_uid
+        ):
             raise DatasetMismatch(
                 f"StudyInstanceUID {parsed.key.study_instance_uid} does not match "
                 f"the study {expected_study_instance_uid} of the request"
@@ -124,10 +133,19 @@ class Ingest:
                 f"AffectedSOPClassUID {expected_sop_class_uid} of the request"
             )
         try:
-            self._blobs.write_atomic(instance_path(parsed.key), data)
+            self._blobs.write_atomic(instance_path(parsed.key), data, sync=False)
         except OSError as exc:
             raise Unavailable(f"could not write the instance: {exc.strerror or exc}") from exc
         return parsed
+
+    def make_durable(self, parsed: ParsedPart10) -> None:
+        """fsync the written file and its directory (blocking)."""
+        try:
+            self._blobs.sync(instance_path(parsed.key))
+        except OSError as exc:
+            raise Unavailable(
+                f"could not make the instance durable: {exc.strerror or exc}"
+            ) from exc
 
     async def publish(self, parsed: ParsedPart10, size: int, source: Source) -> StoredInstance:
         path = instance_path(parsed.key)
@@ -151,7 +169,7 @@ class Ingest:
             await self._bus.publish([(STORAGE_QUEUE, key, value), (LOG_QUEUE, key, value)])
         except DicomCloudError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any bus failure means: not acknowledged
+        except Exception as exc:
             raise Unavailable(f"the message bus did not accept the event: {exc}") from exc
         return StoredInstance(parsed.key, parsed.sop_class_uid, parsed.transfer_syntax_uid, size)
 
@@ -178,6 +196,7 @@ class Ingest:
             expected_sop_instance_uid=expected_sop_instance_uid,
             expected_sop_class_uid=expected_sop_class_uid,
         )
-        return await self.publish(parsed, len(data), source)
-
-
+        stored, _ = await asyncio.gather(
+            self.publish(parsed, len(data), source), asyncio.to_thread(self.make_durable, parsed)
+        )
+        return stored

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from dicomcloud.errors import Unavailable
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 class EmbeddedPostgres:
     def __init__(self, pgdata: Path) -> None:
         self.pgdata = pgdata
-        self._server: object | None = None
+        self._server: Any = None
 
     def start(self) -> str:
         """Start (or reuse) the cluster; return a connection URL."""
@@ -29,14 +30,17 @@ class EmbeddedPostgres:
             import pgserver
 
             self.pgdata.mkdir(parents=True, exist_ok=True)
-            self._server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
-            url: str = self._server.get_uri()  # type: ignore[attr-defined]
-        except Exception as exc:  # noqa: BLE001 - translate any start failure at the edge
-            raise Unavailable(f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}") from exc
+            server: Any = pgserver.get_server(self.pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+            self._server = server
+            url: str = server.get_uri()
+        except Exception as exc:
+            raise Unavailable(
+                f"could not start the embedded PostgreSQL in {self.pgdata}: {exc}"
+            ) from exc
         log.info("embedded PostgreSQL running in %s", self.pgdata)
         return url
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.cleanup()  # type: ignore[attr-defined]
+            self._server.cleanup()
             self._server = None

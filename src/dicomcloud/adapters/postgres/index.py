@@ -17,7 +17,7 @@ from dicomcloud.adapters.postgres.schema import INDEX
 from dicomcloud.domain.attributes import PATIENT_ATTRIBUTES, STORED_SERIES, STORED_STUDY
 from dicomcloud.domain.header import InstanceRecord
 from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey
-from dicomcloud.domain.qido import QidoQuery
+from dicomcloud.domain.qido import QidoQuery, QidoResult
 from dicomcloud.ports import JsonDict, SeriesState, StudyState
 
 _KEYS = {"tenant_id", "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid"}
@@ -36,7 +36,9 @@ def _upsert_sql(table: str, keys: list[str], cols: list[str], extra_update: str)
     )
 
 
-_PATIENT_UPSERT = _upsert_sql("patient", ["tenant_id", "patient_id"], _PATIENT_COLS, ", updated_at = now()")
+_PATIENT_UPSERT = _upsert_sql(
+    "patient", ["tenant_id", "patient_id"], _PATIENT_COLS, ", updated_at = now()"
+)
 _STUDY_UPSERT = _upsert_sql(
     "study",
     ["tenant_id", "study_instance_uid", "patient_id"],
@@ -144,7 +146,9 @@ class PostgresIndex:
                     *_row_values(_PATIENT_COLS, record.patient_values),
                     record.patient,
                 )
-            for study_key, record in sorted(studies.items(), key=lambda kv: kv[0].study_instance_uid):
+            for study_key, record in sorted(
+                studies.items(), key=lambda kv: kv[0].study_instance_uid
+            ):
                 await conn.execute(
                     _STUDY_UPSERT,
                     study_key.tenant_id,
@@ -154,7 +158,9 @@ class PostgresIndex:
                     record.study,
                 )
             series_rows = {}
-            for series_key, record in sorted(by_series.items(), key=lambda kv: kv[0].series_instance_uid):
+            for series_key, record in sorted(
+                by_series.items(), key=lambda kv: kv[0].series_instance_uid
+            ):
                 await conn.execute(
                     _SERIES_UPSERT,
                     series_key.tenant_id,
@@ -228,31 +234,39 @@ class PostgresIndex:
             key.study_instance_uid,
         )
         return [
-            _series_state(SeriesKey(key.tenant_id, key.study_instance_uid, r["series_instance_uid"]), r)
+            _series_state(
+                SeriesKey(key.tenant_id, key.study_instance_uid, r["series_instance_uid"]), r
+            )
             for r in rows
         ]
 
-    async def stale_series(self, limit: int) -> list[SeriesState]:
+    async def stale_series(self, limit: int, quiet_seconds: float = 0.0) -> list[SeriesState]:
         rows = await self._pool.fetch(
             f"""SELECT s.tenant_id, s.study_instance_uid, s.series_instance_uid, s.revision,
                        s.metadata_revision, s.number_of_series_related_instances,
                        coalesce(s.modality, '') AS modality, '' AS patient_id
                 FROM {INDEX}.series s WHERE s.revision > s.metadata_revision
+                  AND s.updated_at < now() - make_interval(secs => $2)
                 ORDER BY s.updated_at LIMIT $1""",
             limit,
+            quiet_seconds,
         )
         return [
-            _series_state(SeriesKey(r["tenant_id"], r["study_instance_uid"], r["series_instance_uid"]), r)
+            _series_state(
+                SeriesKey(r["tenant_id"], r["study_instance_uid"], r["series_instance_uid"]), r
+            )
             for r in rows
         ]
 
-    async def stale_studies(self, limit: int) -> list[StudyState]:
+    async def stale_studies(self, limit: int, quiet_seconds: float = 0.0) -> list[StudyState]:
         rows = await self._pool.fetch(
             f"""SELECT tenant_id, study_instance_uid, patient_id, revision, metadata_revision,
                        number_of_study_related_series, number_of_study_related_instances
                 FROM {INDEX}.study WHERE revision > metadata_revision
+                  AND updated_at < now() - make_interval(secs => $2)
                 ORDER BY updated_at LIMIT $1""",
             limit,
+            quiet_seconds,
         )
         return [_study_state(StudyKey(r["tenant_id"], r["study_instance_uid"]), r) for r in rows]
 
@@ -298,7 +312,12 @@ class PostgresIndex:
                 key.study_instance_uid,
             )
         return [
-            InstanceKey(key.tenant_id, key.study_instance_uid, r["series_instance_uid"], r["sop_instance_uid"])
+            InstanceKey(
+                key.tenant_id,
+                key.study_instance_uid,
+                r["series_instance_uid"],
+                r["sop_instance_uid"],
+            )
             for r in rows
         ]
 
@@ -313,10 +332,10 @@ class PostgresIndex:
         )
         return row is not None
 
-    async def search_studies(self, query: QidoQuery) -> Any:
+    async def search_studies(self, query: QidoQuery) -> QidoResult:
         return await qido.search_studies(self._pool, query)
 
-    async def search_series(self, query: QidoQuery) -> Any:
+    async def search_series(self, query: QidoQuery) -> QidoResult:
         return await qido.search_series(self._pool, query)
 
 

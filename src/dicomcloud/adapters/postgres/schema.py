@@ -155,8 +155,13 @@ async def migrate(conn: asyncpg.Connection) -> None:
             "CREATE TABLE IF NOT EXISTS public.dicomcloud_migrations "
             "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM public.dicomcloud_migrations")}
+        done = {
+            r["version"]
+            for r in await conn.fetch("SELECT version FROM public.dicomcloud_migrations")
+        }
         for version, sql in MIGRATIONS:
             if version not in done:
                 await conn.execute(sql)
-                await conn.execute("INSERT INTO public.dicomcloud_migrations (version) VALUES ($1)", version)
+                await conn.execute(
+                    "INSERT INTO public.dicomcloud_migrations (version) VALUES ($1)", version
+                )

@@ -14,10 +14,19 @@ from dicomcloud.adapters.postgres import qido
 from dicomcloud.adapters.postgres.schema import WAREHOUSE
 from dicomcloud.domain.attributes import STORED_INSTANCE, STORED_SERIES, STORED_STUDY
 from dicomcloud.domain.messages import DicomImageMeta, DicomStateMeta, InstanceStored
-from dicomcloud.domain.qido import QidoQuery
+from dicomcloud.domain.qido import QidoQuery, QidoResult
 
-_KEYS = {"tenant_id", "patient_id", "study_instance_uid", "series_instance_uid", "sop_instance_uid", "sop_class_uid"}
-_VALUE_COLS = [a.column for a in STORED_STUDY + STORED_SERIES + STORED_INSTANCE if a.column not in _KEYS]
+_KEYS = {
+    "tenant_id",
+    "patient_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
+}
+_VALUE_COLS = [
+    a.column for a in STORED_STUDY + STORED_SERIES + STORED_INSTANCE if a.column not in _KEYS
+]
 _IMAGE_COLS = [
     "tenant_id",
     "study_instance_uid",
@@ -131,5 +140,5 @@ class PostgresWarehouse:
                 ],
             )
 
-    async def search_instances(self, query: QidoQuery) -> Any:
+    async def search_instances(self, query: QidoQuery) -> QidoResult:
         return await qido.search_instances(self._pool, query)

@@ -28,7 +28,12 @@ from dicomcloud.domain.media import (
     choose_instance_media,
     choose_metadata_media,
 )
-from dicomcloud.domain.multipart import Part, encode_multipart_related, multipart_related_type, new_boundary
+from dicomcloud.domain.multipart import (
+    Part,
+    encode_multipart_related,
+    multipart_related_type,
+    new_boundary,
+)
 from dicomcloud.entrypoints.http.context import archive, path_uid, service_url, tenant_of
 from dicomcloud.errors import InvalidInput, NotFound
 
@@ -68,7 +73,9 @@ def _needs_syntax_check(media: InstanceMedia) -> bool:
     return ANY_TRANSFER_SYNTAX not in media.transfer_syntaxes
 
 
-async def _instances_response(request: Request, keys: Sequence[InstanceKey], *, single: bool) -> Response:
+async def _instances_response(
+    request: Request, keys: Sequence[InstanceKey], *, single: bool
+) -> Response:
     a = archive(request)
     media = choose_instance_media(request.headers.get("accept"), single_part_allowed=single)
     paths = [str(a.blobs.absolute(instance_path(k))) for k in keys]
@@ -127,7 +134,9 @@ async def retrieve_series(request: Request) -> Response:
     key = _series(request)
     keys = await archive(request).index.instances(key)
     if not keys:
-        raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
+        raise NotFound(
+            f"series {key.series_instance_uid} not found in study {key.study_instance_uid}"
+        )
     return await _instances_response(request, keys, single=False)
 
 
@@ -147,13 +156,18 @@ def _metadata_response(request: Request, path: str, stored_base: str) -> Respons
     absolute = a.blobs.absolute(path)
     if base == stored_base and gz_ok:
         data = absolute.with_name(absolute.name + ".gz").read_bytes()
-        return Response(data, media_type=media, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+        return Response(
+            data, media_type=media, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        )
     data = absolute.read_bytes()
     if base != stored_base:
-        data = data.replace(f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode())
+        data = data.replace(
+            f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode()
+        )
     if gz_ok and len(data) > 1024:
         return Response(
-            gzip.compress(data, 1), media_type=media,
+            gzip.compress(data, 1),
+            media_type=media,
             headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
         )
     return Response(data, media_type=media, headers={"Vary": "Accept-Encoding"})
@@ -163,14 +177,18 @@ async def study_metadata(request: Request) -> Response:
     a = archive(request)
     key = _study(request)
     path = await a.metadata.ensure_study(key)
-    return await asyncio.to_thread(_metadata_response, request, path, a.stored_service_url(key.tenant_id))
+    return await asyncio.to_thread(
+        _metadata_response, request, path, a.stored_service_url(key.tenant_id)
+    )
 
 
 async def series_metadata(request: Request) -> Response:
     a = archive(request)
     key = _series(request)
     path = await a.metadata.ensure_series(key)
-    return await asyncio.to_thread(_metadata_response, request, path, a.stored_service_url(key.tenant_id))
+    return await asyncio.to_thread(
+        _metadata_response, request, path, a.stored_service_url(key.tenant_id)
+    )
 
 
 async def instance_metadata(request: Request) -> Response:
@@ -181,7 +199,9 @@ async def instance_metadata(request: Request) -> Response:
     data = orjson.dumps([obj])
     stored_base, base = a.stored_service_url(key.tenant_id), service_url(request)
     if base != stored_base:
-        data = data.replace(f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode())
+        data = data.replace(
+            f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode()
+        )
     return Response(data, media_type=media)
 
 
@@ -205,7 +225,9 @@ async def retrieve_frames(request: Request) -> Response:
     path = a.blobs.absolute(instance_path(key))
     result = await asyncio.to_thread(frames_mod.read_frames, path, numbers)
     stored_ts, frames = result.transfer_syntax_uid, result.frames
-    media = choose_frame_media(request.headers.get("accept"), stored_ts, single_part_allowed=len(numbers) == 1)
+    media = choose_frame_media(
+        request.headers.get("accept"), stored_ts, single_part_allowed=len(numbers) == 1
+    )
     if not media.multipart:
         return Response(bytes(frames[0]), media_type=media.part_content_type)
     boundary = new_boundary()
@@ -242,15 +264,21 @@ async def retrieve_bulkdata(request: Request) -> Response:
         stored_ts, frames = result.transfer_syntax_uid, result.frames
         media = choose_frame_media(request.headers.get("accept"), stored_ts)
         boundary = new_boundary()
-        body = b"".join(bytes(c) for c in encode_multipart_related(
-            [Part.of(media.part_content_type, f) for f in frames], boundary))
+        body = b"".join(
+            bytes(c)
+            for c in encode_multipart_related(
+                [Part.of(media.part_content_type, f) for f in frames], boundary
+            )
+        )
         return Response(body, media_type=multipart_related_type(media.media_type, boundary))
     try:
         value = await asyncio.to_thread(_bulk_value, path, tag)
     except FileNotFoundError as exc:
         raise NotFound(f"instance {key.sop_instance_uid} not found") from exc
     boundary = new_boundary()
-    body = b"".join(bytes(c) for c in encode_multipart_related([Part.of(OCTET_STREAM, value)], boundary))
+    body = b"".join(
+        bytes(c) for c in encode_multipart_related([Part.of(OCTET_STREAM, value)], boundary)
+    )
     return Response(body, media_type=multipart_related_type(OCTET_STREAM, boundary))
 
 
