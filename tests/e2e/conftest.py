@@ -184,9 +184,7 @@ class Archive:
             time.sleep(0.2)
         self.process.kill()
         self.process.wait()
-        pytest.fail(
-            f"dicomcloud up not ready after {E2E_TIMEOUT:.0f} s ({last}); output:\n{self.output()}"
-        )
+        pytest.fail(f"dicomcloud up not ready after {E2E_TIMEOUT:.0f} s ({last}); output:\n{self.output()}")
 
     def stop(self) -> int:
         """SIGTERM, wait up to 15 s; return the exit code (killed: -9)."""
@@ -356,8 +354,7 @@ def wait_for_instances(
         if time.monotonic() > deadline:
             missing = sorted(wanted - found)
             pytest.fail(
-                f"{len(missing)} of {len(wanted)} instances not searchable after "
-                f"{timeout:.0f} s, e.g. {missing[:3]}"
+                f"{len(missing)} of {len(wanted)} instances not searchable after {timeout:.0f} s, e.g. {missing[:3]}"
             )
         time.sleep(0.25)
 
@@ -434,9 +431,7 @@ def assert_metadata_matches(
             for a_item, e_item in zip(act.get("Value", []), exp.get("Value", []), strict=True):
                 assert_metadata_matches(a_item, e_item, http, bulk)
             continue
-        assert act.get("Value") == exp.get("Value"), (
-            f"{tag}: {act.get('Value')!r} != {exp.get('Value')!r}"
-        )
+        assert act.get("Value") == exp.get("Value"), f"{tag}: {act.get('Value')!r} != {exp.get('Value')!r}"
 
 
 def by_tag(rows: list[dict[str, Any]], tag: str) -> dict[str, dict[str, Any]]:

@@ -57,9 +57,7 @@ def store_good_and_wait(archive: Archive, patient_id: str) -> Dataset:
     Indexing is asynchronous: once a later, valid instance is visible, an
     earlier bad one would be too, had it been accepted.
     """
-    ds = factory.make_instance(
-        PatientID=patient_id, AccessionNumber=uuid.uuid4().hex[:16], rows=SIZE, columns=SIZE
-    )
+    ds = factory.make_instance(PatientID=patient_id, AccessionNumber=uuid.uuid4().hex[:16], rows=SIZE, columns=SIZE)
     assoc = associate(archive)
     try:
         status = assoc.send_c_store(ds)
@@ -75,11 +73,7 @@ def assert_nothing_stored(archive: Archive, patient_id: str, sop_fragment: str) 
     with archive.http() as http:
         assert qido(http, f"{archive.url}/studies", PatientID=patient_id) == []
         assert qido(http, f"{archive.url}/instances", PatientID=patient_id) == []
-    leaked = [
-        p
-        for p in archive.data_dir.parent.rglob("*")
-        if sop_fragment in p.name and p.suffix == ".dcm"
-    ]
+    leaked = [p for p in archive.data_dir.parent.rglob("*") if sop_fragment in p.name and p.suffix == ".dcm"]
     assert leaked == []
 
 
@@ -91,9 +85,7 @@ BAD_SOP_UIDS = {
 
 
 @pytest.mark.parametrize("bad_uid", BAD_SOP_UIDS.values(), ids=BAD_SOP_UIDS.keys())
-def test_invalid_sop_instance_uid_fails(
-    archive: Archive, assoc: Association, lenient: None, bad_uid: str
-) -> None:
+def test_invalid_sop_instance_uid_fails(archive: Archive, assoc: Association, lenient: None, bad_uid: str) -> None:
     patient = f"BAD-{uuid.uuid4().hex[:8]}"
     ds = factory.make_instance(PatientID=patient, rows=SIZE, columns=SIZE, sop_uid=bad_uid)
     status = assoc.send_c_store(ds)
@@ -199,16 +191,12 @@ def test_qido_unknown_attribute_is_400(archive: Archive) -> None:
 @pytest.mark.parametrize("bad_date", ["2024-13-45", "notadate", "20241345", "2024010"])
 def test_qido_bad_date_is_400(archive: Archive, bad_date: str) -> None:
     with archive.http() as http:
-        r = http.get(
-            f"{archive.url}/studies", params={"StudyDate": bad_date}, headers={"Accept": DICOM_JSON}
-        )
+        r = http.get(f"{archive.url}/studies", params={"StudyDate": bad_date}, headers={"Accept": DICOM_JSON})
         assert r.status_code == 400, f"StudyDate={bad_date}: {r.status_code} {r.text[:300]}"
 
 
 def test_stow_wrong_content_type_is_415(archive: Archive) -> None:
-    data = factory.part10_bytes(
-        factory.make_instance(PatientID="STOW-415", rows=SIZE, columns=SIZE)
-    )
+    data = factory.part10_bytes(factory.make_instance(PatientID="STOW-415", rows=SIZE, columns=SIZE))
     with archive.http() as http:
         for content_type in ("application/json", "text/plain"):
             r = http.post(

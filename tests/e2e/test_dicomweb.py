@@ -100,9 +100,7 @@ STUDY_B = {
 
 def _instances() -> list[Dataset]:
     a1 = factory.make_series(3, **STUDY_A, SeriesNumber=1, rows=SIZE, columns=SIZE)
-    a1[0] = factory.make_instance(
-        **STUDY_A, SeriesNumber=1, InstanceNumber=1, rows=SIZE, columns=SIZE, bulk_bytes=3000
-    )
+    a1[0] = factory.make_instance(**STUDY_A, SeriesNumber=1, InstanceNumber=1, rows=SIZE, columns=SIZE, bulk_bytes=3000)
     a2 = factory.make_series(
         2,
         **STUDY_A,
@@ -152,9 +150,7 @@ def sent(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> list[Sen
     ae = AE(ae_title="WEBTESTSCU")
     for s in result:
         context = (s.ds.SOPClassUID, s.syntax)
-        if context not in {
-            (c.abstract_syntax, c.transfer_syntax[0]) for c in ae.requested_contexts
-        }:
+        if context not in {(c.abstract_syntax, c.transfer_syntax[0]) for c in ae.requested_contexts}:
             ae.add_requested_context(*context)
     assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
     assert assoc.is_established, "association rejected"
@@ -233,9 +229,7 @@ def test_search_for_series(archive: Archive, sent: list[Sent]) -> None:
         assert value(row, "00201209") == len(members)  # NumberOfSeriesRelatedInstances
 
     mr = client.search_for_series(search_filters={"Modality": "MR"})
-    assert [value(r, "0020000E") for r in mr] == [s.series for s in sent if s.ds.Modality == "MR"][
-        :1
-    ]
+    assert [value(r, "0020000E") for r in mr] == [s.series for s in sent if s.ds.Modality == "MR"][:1]
 
 
 def test_search_for_instances(archive: Archive, sent: list[Sent]) -> None:
@@ -265,9 +259,7 @@ def test_search_for_instances(archive: Archive, sent: list[Sent]) -> None:
 def test_retrieve_instance_with_dicomweb_client(archive: Archive, sent: list[Sent]) -> None:
     client = archive.client()
     for s in sent:
-        ds = client.retrieve_instance(
-            s.study, s.series, s.sop, media_types=(("application/dicom", "*"),)
-        )
+        ds = client.retrieve_instance(s.study, s.series, s.sop, media_types=(("application/dicom", "*"),))
         assert ds.SOPInstanceUID == s.sop
         assert ds.file_meta.TransferSyntaxUID == s.syntax, s.syntax
         assert np.array_equal(ds.pixel_array, s.ds.pixel_array), s.syntax
@@ -309,9 +301,7 @@ def test_retrieve_series_and_study(archive: Archive, sent: list[Sent]) -> None:
             assert len(parts) == len(members)
             for part in parts:
                 sop = factory.read(part.content).SOPInstanceUID
-                assert factory.dataset_bytes(part.content) == factory.dataset_bytes(
-                    members[sop].data
-                ), sop
+                assert factory.dataset_bytes(part.content) == factory.dataset_bytes(members[sop].data), sop
 
 
 # --- WADO-RS: metadata and bulk data -------------------------------------------------
@@ -355,9 +345,7 @@ def test_retrieve_study_metadata_lists_what_qido_lists(archive: Archive, sent: l
         members = [s for s in sent if s.study == study]
         objects = client.retrieve_study_metadata(study)
         _check_metadata(archive, objects, members)
-        listed = {
-            value(r, "00080018") for r in client.search_for_instances(study_instance_uid=study)
-        }
+        listed = {value(r, "00080018") for r in client.search_for_instances(study_instance_uid=study)}
         assert {value(o, "00080018") for o in objects} == listed
 
 
@@ -418,9 +406,7 @@ def test_frames_native(archive: Archive, sent: list[Sent]) -> None:
         (JPEG2000Lossless, "image/jp2"),
     ],
 )
-def test_frames_encapsulated(
-    archive: Archive, sent: list[Sent], syntax: str, media_type: str
-) -> None:
+def test_frames_encapsulated(archive: Archive, sent: list[Sent], syntax: str, media_type: str) -> None:
     s = pick(sent, syntax)
     expected = factory.frames(s.ds)
     numbers = list(range(1, len(expected) + 1))
@@ -437,11 +423,7 @@ def test_frames_encapsulated(
 def test_frames_as_stored_carry_their_transfer_syntax(archive: Archive, sent: list[Sent]) -> None:
     with archive.http() as http:
         for s in sent:
-            expected = (
-                factory.frames(s.ds)
-                if s.ds.file_meta.TransferSyntaxUID.is_compressed
-                else le_frames(s)
-            )
+            expected = factory.frames(s.ds) if s.ds.file_meta.TransferSyntaxUID.is_compressed else le_frames(s)
             numbers = ",".join(str(i) for i in range(1, len(expected) + 1))
             url = f"{archive.url}{s.resource}/frames/{numbers}"
             parts = get_parts(http, url, 'multipart/related; type="*/*"; transfer-syntax=*')
@@ -457,9 +439,7 @@ def test_frames_as_stored_carry_their_transfer_syntax(archive: Archive, sent: li
 
 def test_store_instances_with_dicomweb_client(archive: Archive, sent: list[Sent]) -> None:
     study = next(s for s in sent if s.ds.PatientID == "WEB-A")
-    new = factory.make_series(
-        3, **STUDY_A, SeriesNumber=7, SeriesDescription="STOW", rows=SIZE, columns=SIZE
-    )
+    new = factory.make_series(3, **STUDY_A, SeriesNumber=7, SeriesDescription="STOW", rows=SIZE, columns=SIZE)
     client = archive.client()
     response = client.store_instances(new)
     referenced = [item.ReferencedSOPInstanceUID for item in response.ReferencedSOPSequence]
@@ -489,9 +469,7 @@ def test_stow_bytes_are_kept(archive: Archive, sent: list[Sent]) -> None:
     data = factory.part10_bytes(ds)
     boundary = uuid.uuid4().hex
     body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
     )
     with archive.http() as http:
         r = http.post(
@@ -504,14 +482,9 @@ def test_stow_bytes_are_kept(archive: Archive, sent: list[Sent]) -> None:
         )
         assert r.status_code == 200, f"{r.status_code}: {r.text[:500]}"
         reply = pydicom.Dataset.from_json(r.json())
-        assert [i.ReferencedSOPInstanceUID for i in reply.ReferencedSOPSequence] == [
-            ds.SOPInstanceUID
-        ]
+        assert [i.ReferencedSOPInstanceUID for i in reply.ReferencedSOPSequence] == [ds.SOPInstanceUID]
         wait_for_instances(http, archive.url, [ds.SOPInstanceUID])
-        url = (
-            f"{archive.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}"
-        )
+        url = f"{archive.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
         parts = get_parts(http, url, DICOM + "; transfer-syntax=*")
         assert factory.dataset_bytes(parts[0].content) == factory.dataset_bytes(data)
         frames = get_parts(http, url + "/frames/2", OCTETS + "; transfer-syntax=*")

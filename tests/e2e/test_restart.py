@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 def _store(archive: Archive, datasets: list[Dataset]) -> None:
     ae = AE(ae_title="RESTARTSCU")
-    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
     assert assoc.is_established
     try:
@@ -35,12 +36,8 @@ def _check(archive: Archive, datasets: list[Dataset]) -> None:
         rows = qido(http, f"{archive.url}/studies", StudyInstanceUID=study)
         assert value(rows[0], "00201208") == len(datasets)
         parts = get_parts(http, f"{archive.url}/studies/{study}", DICOM + "; transfer-syntax=*")
-        sent = {
-            ds.SOPInstanceUID: factory.dataset_bytes(factory.part10_bytes(ds)) for ds in datasets
-        }
-        got = {
-            factory.read(p.content).SOPInstanceUID: factory.dataset_bytes(p.content) for p in parts
-        }
+        sent = {ds.SOPInstanceUID: factory.dataset_bytes(factory.part10_bytes(ds)) for ds in datasets}
+        got = {factory.read(p.content).SOPInstanceUID: factory.dataset_bytes(p.content) for p in parts}
         assert got == sent
     metadata = archive.client().retrieve_study_metadata(study)
     assert sorted(value(o, "00080018") for o in metadata) == sorted(sent)

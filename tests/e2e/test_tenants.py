@@ -14,9 +14,7 @@ from tests.e2e.conftest import DICOM, Archive, dcmtk_env, qido, wait_for_instanc
 pytestmark = pytest.mark.e2e
 
 
-def test_called_ae_title_selects_the_tenant(
-    start_archive: Callable[..., Archive], dcmtk: None, tmp_path: Path
-) -> None:
+def test_called_ae_title_selects_the_tenant(start_archive: Callable[..., Archive], dcmtk: None, tmp_path: Path) -> None:
     archive = start_archive({"DICOMCLOUD_AE_TENANTS": "TENANTB=b"})
     written = factory.write_series(
         tmp_path / "b", 3, PatientID="TENANT-B", PatientName="Tenant^Bee", rows=32, columns=32
@@ -75,20 +73,12 @@ def test_called_ae_title_selects_the_tenant(
         assert qido(http, f"{b_url}/studies", PatientID="TENANT-DEFAULT") == []
         assert len(qido(http, f"{b_url}/studies", PatientID="TENANT-B")) == 1
 
-        path = (
-            f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}"
-        )
+        path = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
         accept = {"Accept": DICOM + "; transfer-syntax=*"}
         assert http.get(b_url + path, headers=accept).status_code == 200
         assert http.get(archive.url + path, headers=accept).status_code == 404
         assert http.get(archive.url + path + "/metadata").status_code == 404
-        assert (
-            http.get(
-                archive.tenant_url("c") + "/studies/" + ds.StudyInstanceUID, headers=accept
-            ).status_code
-            == 404
-        )
+        assert http.get(archive.tenant_url("c") + "/studies/" + ds.StudyInstanceUID, headers=accept).status_code == 404
 
     client_b = archive.client(b_url)
     assert [r["00100020"]["Value"][0] for r in client_b.search_for_studies()] == ["TENANT-B"]

@@ -15,7 +15,7 @@ import socket
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomcloud.domain.messages import Source
@@ -88,6 +88,17 @@ def handle_open(event: Any) -> None:
             log.debug("could not set TCP_NODELAY", exc_info=True)
 
 
+def _tolerate_command_uids() -> None:
+    """Let malformed UIDs in a C-STORE *command* through to our handler.
+
+    pynetdicom otherwise drops the association on a UID it finds invalid in the
+    command set (e.g. 65 characters), so the sender gets an abort instead of a
+    status. Our ingest validates every UID itself and answers 0xC000 with the
+    reason (PS3.4 B.2.3). This is pynetdicom's process-wide validator table.
+    """
+    _config.VALIDATORS["UI"] = lambda value: (True, "")
+
+
 class StoreSCP:
     def __init__(self, settings: Settings, ingest: Ingest, loop: asyncio.AbstractEventLoop) -> None:
         self._settings = settings
@@ -96,6 +107,7 @@ class StoreSCP:
         self._server: Any = None
 
     def start(self) -> None:
+        _tolerate_command_uids()
         ae = AE(ae_title=self._settings.ae_title)
         ae.maximum_pdu_size = 0  # no limit on what peers may send us per PDU
         ae.maximum_associations = 64

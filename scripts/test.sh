@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The test command: install what is missing, start a throwaway PostgreSQL, then
+# ruff, mypy and pytest over the whole tests/ tree. Exits non-zero if any step fails
+# (pytest's "no tests collected", exit 5, counts as a failure).
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -m 'not e2e'    # extra arguments go to pytest
+#
+# The cluster lives in a temporary directory, listens on 127.0.0.1 on a free port with
+# trust authentication, runs as the `postgres` user when started as root (PostgreSQL
+# refuses root), and is stopped and removed on exit, whatever happens.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+started=$(date +%s)
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+section "dependencies"
+if ! bash scripts/install-deps.sh; then
+    echo "scripts/test.sh: FAILED: scripts/install-deps.sh"
+    exit 1
+fi
+python=$repo/.venv/bin/python
+
+# --- throwaway PostgreSQL ---------------------------------------------------------------
+
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+pg_dir=""
+
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+stop_postgres() {
+    if [ -n "$pg_dir" ] && [ -d "$pg_dir" ]; then
+        if [ -f "$pg_dir/data/postmaster.pid" ]; then
+            as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+        fi
+        rm -rf "$pg_dir"
+    fi
+}
+trap stop_postgres EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_postgres() {
+    pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/dicomcloud-pg.XXXXXX") || return 1
+    chmod 755 "$pg_dir"
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres: "$pg_dir" || return 1
+    fi
+    local port
+    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust -E UTF8 --no-locale \
+        --no-sync >"$pg_dir/initdb.log" 2>&1 || { cat "$pg_dir/initdb.log"; return 1; }
+    as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $pg_dir -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        start >/dev/null || { cat "$pg_dir/server.log"; return 1; }
+    export DICOMCLOUD_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$port/postgres"
+    echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port (data in $pg_dir)"
+}
+
+section "PostgreSQL"
+if [ -z "$pg_bin" ] || ! start_postgres; then
+    echo "scripts/test.sh: FAILED: could not start a PostgreSQL cluster"
+    exit 1
+fi
+
+# --- checks ---------------------------------------------------------------------------
+
+names=()
+results=()
+failed=0
+
+run_step() {  # run_step NAME COMMAND...
+    local name=$1 t0 rc
+    shift
+    section "$name: $*"
+    t0=$(date +%s)
+    "$@"
+    rc=$?
+    if [ "$name" = pytest ] && [ "$rc" -eq 5 ]; then
+        echo "pytest collected no tests: that is a failure"
+    fi
+    if [ "$rc" -eq 0 ]; then
+        results+=("ok ($(($(date +%s) - t0)) s)")
+    else
+        results+=("FAILED, exit $rc ($(($(date +%s) - t0)) s)")
+        failed=1
+    fi
+    names+=("$name")
+}
+
+export PYTHONDONTWRITEBYTECODE=1
+run_step ruff "$repo/.venv/bin/ruff" check src tests
+run_step mypy "$repo/.venv/bin/mypy"
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+    run_step pytest "$python" -m pytest --durations=15 "$@"  # paths given: just those
+else
+    run_step pytest "$python" -m pytest tests --durations=15 "$@"
+fi
+
+section "summary"
+for i in "${!names[@]}"; do
+    printf '  %-7s %s\n' "${names[$i]}" "${results[$i]}"
+done
+total=$(($(date +%s) - started))
+if [ "$failed" -ne 0 ]; then
+    echo "scripts/test.sh: FAILED after ${total} s"
+    exit 1
+fi
+echo "scripts/test.sh: all checks passed in ${total} s"
