@@ -21,7 +21,7 @@ import asyncpg
 import orjson
 
 from dicomcloud.adapters.postgres.schema import INDEX, WAREHOUSE
-from dicomcloud.domain.attributes import BY_TAG, Attribute, Level
+from dicomcloud.domain.attributes import BY_TAG, INSTANCE_RETURN, SERIES_RETURN, STUDY_RETURN, Attribute, Level
 from dicomcloud.domain.header import normalize_time
 from dicomcloud.domain.qido import (
     INTEGER_VRS,
@@ -135,9 +135,7 @@ def _bound(attr: Attribute, value: str, *, upper: bool) -> str:
     return whole.ljust(6, "9") + "." + (fraction or "9" * 6)
 
 
-def _where(
-    query: QidoQuery, p: _Params, alias_of: Callable[[Attribute], str], extra: list[str]
-) -> str:
+def _where(query: QidoQuery, p: _Params, alias_of: Callable[[Attribute], str], extra: list[str]) -> str:
     conditions = list(extra)
     for key in query.matching_keys:
         cond = _special(query, key, p)
@@ -207,10 +205,16 @@ def _assemble(
     query: QidoQuery,
     row: Mapping[str, Any],
     sources: list[tuple[Level, JsonDict]],
+    wanted: frozenset[str] | None = None,
+    returned: tuple[Level, ...] | None = None,
 ) -> JsonDict:
-    """One result: the held attributes of each level, filtered to the return set."""
-    wanted = return_tags(query)
-    returned = query_returned_levels(query)
+    """One result: the held attributes of each level, filtered to the return set.
+
+    ``wanted`` and ``returned`` depend only on the query: pass them in when
+    assembling many rows.
+    """
+    wanted = return_tags(query) if wanted is None else wanted
+    returned = query_returned_levels(query) if returned is None else returned
     result: JsonDict = {}
     for level, attrs in sources:
         everything = query.include_all and level in returned
@@ -250,8 +254,9 @@ async def search_studies(pool: asyncpg.Pool, query: QidoQuery) -> QidoResult:
     )
     sql += _page(query, p)
     rows = await _fetch(pool, sql, p.values)
+    wanted, returned = return_tags(query), query_returned_levels(query)
     matches = [
-        _assemble(query, row, [(Level.STUDY, _json(row["attrs"]) | _computed(row, _STUDY))])
+        _assemble(query, row, [(Level.STUDY, _json(row["attrs"]) | _computed(row, _STUDY))], wanted, returned)
         for row in rows
     ]
     return _result(query, matches)
@@ -282,13 +287,14 @@ async def search_series(pool: asyncpg.Pool, query: QidoQuery) -> QidoResult:
     )
     sql += _page(query, p)
     rows = await _fetch(pool, sql, p.values)
+    wanted, returned = return_tags(query), query_returned_levels(query)
     matches = []
     for row in rows:
         study = _json(row["study_attrs"])
         if row["number_of_study_related_series"] is not None:
             study |= _computed(row, _STUDY)
         series = _json(row["series_attrs"]) | _computed(row, (Level.SERIES,))
-        matches.append(_assemble(query, row, [(Level.STUDY, study), (Level.SERIES, series)]))
+        matches.append(_assemble(query, row, [(Level.STUDY, study), (Level.SERIES, series)], wanted, returned))
     return _result(query, matches)
 
 
@@ -305,9 +311,17 @@ async def search_instances(pool: asyncpg.Pool, query: QidoQuery) -> QidoResult:
     if query.series_instance_uid is not None:
         extra.append(f"i.series_instance_uid = {p(query.series_instance_uid)}")
     where = _where(query, p, lambda a: "i", extra)
+    wanted = return_tags(query)
+    returned = query_returned_levels(query)
+    # Fetch only the levels whose attributes can be in the answer.
+    levels = [
+        level
+        for level in (Level.STUDY, Level.SERIES, Level.INSTANCE)
+        if (query.include_all and level in returned) or not wanted.isdisjoint(_LEVEL_TAGS[level])
+    ]
+    columns = "".join(f", i.{_ATTRS_COLUMN[level]}" for level in levels)
     sql = (
-        "SELECT i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, "
-        "i.study_attrs, i.series_attrs, i.instance_attrs "
+        f"SELECT i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid{columns} "
         f"FROM {WAREHOUSE}.dicom_image_meta i WHERE {where} "
         "ORDER BY i.instance_number ASC NULLS LAST, i.sop_instance_uid ASC, "
         "i.series_instance_uid ASC, i.study_instance_uid ASC"
@@ -318,12 +332,19 @@ async def search_instances(pool: asyncpg.Pool, query: QidoQuery) -> QidoResult:
         _assemble(
             query,
             row,
-            [
-                (Level.STUDY, _json(row["study_attrs"])),
-                (Level.SERIES, _json(row["series_attrs"])),
-                (Level.INSTANCE, _json(row["instance_attrs"])),
-            ],
+            [(level, _json(row[_ATTRS_COLUMN[level]])) for level in levels],
+            wanted,
+            returned,
         )
         for row in rows
     ]
     return _result(query, matches)
+
+
+_ATTRS_COLUMN = {Level.STUDY: "study_attrs", Level.SERIES: "series_attrs", Level.INSTANCE: "instance_attrs"}
+_ROW_UIDS = frozenset({"0020000D", "0020000E", "00080018"})  # set from key columns
+_LEVEL_TAGS = {
+    Level.STUDY: frozenset(a.tag_hex for a in STUDY_RETURN) - _ROW_UIDS,
+    Level.SERIES: frozenset(a.tag_hex for a in SERIES_RETURN) - _ROW_UIDS,
+    Level.INSTANCE: frozenset(a.tag_hex for a in INSTANCE_RETURN) - _ROW_UIDS,
+}
