@@ -19,8 +19,9 @@ import asyncio
 import contextlib
 import os
 import struct
+import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +34,8 @@ _MAGIC = 0xD1
 _HEAD = struct.Struct("<BHHI")
 _CRC = struct.Struct("<I")
 JOURNAL = "journal.log"
+Item = tuple[str, str, bytes]  # topic, key, value
+_BASE_TOPIC = "__base__"  # first record after a compaction: key = offset of the next record
 OFFSETS = "offsets.json"
 
 
@@ -79,14 +82,22 @@ class JournalBus:
         self._topics: dict[str, _Topic] = {}
         self._committed: dict[str, dict[str, int]] = {}  # group -> topic -> next offset
         self._next_offset = 0
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._cond = threading.Condition()
+        self._pending: list[tuple[int, bytes, list[tuple[str, str, bytes]]]] = []
+        self._enqueued = 0  # tickets handed out
+        self._flushed = 0  # every ticket up to this one has been written (or failed)
+        self._flushing = False
+        self._failed: set[int] = set()
+        self._failure: OSError | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):  # built inside the service's loop: bind to it
+            self._loop = asyncio.get_running_loop()
         self._new_data = asyncio.Event()
         self._fd: int | None = None
         self._journal_bytes = 0
         self._closed = False
         self._offsets_lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self._executor = ThreadPoolExecutor(32, thread_name_prefix="journal")
         if path is not None:
             self._open(path)
 
@@ -103,14 +114,15 @@ class JournalBus:
             with open(journal, "r+b") as f:
                 f.truncate(valid)
                 os.fsync(f.fileno())
-        base = self._committed.get("__journal__", {}).get("base", 0)
+        base = 0
+        if records and records[0][0] == _BASE_TOPIC:
+            base = int(records.pop(0)[1])
         for i, (topic, key, value) in enumerate(records):
             self._append(topic, key, value, base + i)
         self._next_offset = base + len(records)
         for group, topics in self._committed.items():
             for topic in topics:
-                if group != "__journal__":
-                    self._topic(topic).groups.add(group)
+                self._topic(topic).groups.add(group)
         self._fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._journal_bytes = valid
         for topic in list(self._topics):
@@ -126,41 +138,79 @@ class JournalBus:
         self._topic(topic).records.append(Record(topic, key, value, 0, offset))
 
     async def publish(self, items: Sequence[tuple[str, str, bytes]]) -> None:
-        if self._closed:
-            raise Unavailable("the message bus is closed")
+        self._bind_loop()
         if self._fd is None:
+            if self._closed:
+                raise Unavailable("the message bus is closed")
             self._publish_now(items)
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Waiting publishers share one fsync (group commit) in their own threads.
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.publish_blocking, items)
+
+    def publish_blocking(self, items: Sequence[tuple[str, str, bytes]]) -> None:
+        """Publish from any thread but the event loop's; returns once durable.
+
+        Leader/follower group commit: the first waiting publisher writes and
+        fsyncs every pending record at once; the others wait for that flush.
+        Records become visible to consumers (on the loop) only once durable,
+        in journal order.
+        """
         blob = b"".join(_encode(t, k, v) for t, k, v in items)
-        self._pending.append((blob, future))
-        # Records become visible to consumers only after they are durable.
-        future.add_done_callback(lambda f: None if f.exception() else self._publish_now(items))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await future
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the message bus is closed")
+            if self._fd is None:
+                self._call_on_loop(self._publish_now, list(items))
+                return
+            self._enqueued += 1
+            ticket = self._enqueued
+            self._pending.append((ticket, blob, list(items)))
+            while self._flushed < ticket:
+                if self._flushing:
+                    self._cond.wait()
+                    continue
+                self._flushing = True
+                batch, self._pending = self._pending, []
+                self._cond.release()
+                error: OSError | None = None
+                try:
+                    self._write(b"".join(b for _, b, _ in batch))
+                except OSError as exc:
+                    error = exc
+                finally:
+                    self._cond.acquire()
+                    self._flushing = False
+                last = batch[-1][0]
+                if error is None:
+                    visible = [item for _, _, batch_items in batch for item in batch_items]
+                    self._call_on_loop(self._publish_now, visible)
+                else:
+                    self._failed.update(t for t, _, _ in batch)
+                    self._failure = error
+                self._flushed = last
+                self._cond.notify_all()
+            if ticket in self._failed:
+                self._failed.discard(ticket)
+                raise Unavailable(f"journal write failed: {self._failure}")
+
+    def _bind_loop(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+
+    def _call_on_loop(self, fn: Callable[[list[Item]], None], items: list[Item]) -> None:
+        loop = self._loop
+        if loop is None:
+            raise Unavailable("the message bus has no consumer loop yet")
+        try:
+            loop.call_soon_threadsafe(fn, items)
+        except RuntimeError as exc:  # the loop is closed: we are shutting down
+            raise Unavailable("the message bus is shutting down") from exc
 
     def _publish_now(self, items: Sequence[tuple[str, str, bytes]]) -> None:
         for topic, key, value in items:
             self._append(topic, key, value, self._next_offset)
             self._next_offset += 1
         self._new_data.set()
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            data = b"".join(blob for blob, _ in batch)
-            try:
-                # A thread of its own: the fsync must not queue behind other work.
-                await asyncio.get_running_loop().run_in_executor(self._executor, self._write, data)
-            except OSError as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(Unavailable(f"journal write failed: {exc}"))
-                continue
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_result(None)
 
     def _write(self, data: bytes) -> None:
         assert self._fd is not None
@@ -178,6 +228,8 @@ class JournalBus:
 
     # -- consumption ------------------------------------------------------
     def consumer(self, group: str, topics: Sequence[str]) -> JournalConsumer:
+        with contextlib.suppress(RuntimeError):
+            self._bind_loop()
         for name in topics:
             self._topic(name).groups.add(group)
         return JournalConsumer(self, group, tuple(topics))
@@ -251,40 +303,69 @@ class JournalBus:
         os.replace(tmp, self._dir / OFFSETS)
 
     async def _compact(self) -> None:
-        """Rewrite the journal with only the records some group still needs."""
-        assert self._dir is not None and self._fd is not None
-        while self._flusher is not None and not self._flusher.done():
-            await self._flusher
-        live = sorted((r for t in self._topics.values() for r in t.records), key=lambda r: r.offset)
-        base = live[0].offset if live else self._next_offset
-        # Offsets must stay contiguous from base: keep every record from base on.
-        data = b"".join(_encode(r.topic, r.key, r.value) for r in live)
-        if len(live) != self._next_offset - base:
-            return  # a gap (a topic without readers holds old records): not now
-        tmp = self._dir / (JOURNAL + ".tmp")
+        """Drop the journal's head that every reading group has committed.
 
-        def rewrite() -> None:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            self._committed.setdefault("__journal__", {})["base"] = base
-            self._save_offsets(orjson.dumps(self._committed), sync=True)
-            os.replace(tmp, self._dir / JOURNAL)  # type: ignore[operator]
+        Runs under the publish lock with no flush in flight, and reads the
+        journal file itself, so a record that is durable but not yet visible
+        on the loop can never be dropped.
+        """
+        assert self._dir is not None
+        directory = self._dir
 
-        await asyncio.to_thread(rewrite)
-        os.close(self._fd)
-        self._fd = os.open(self._dir / JOURNAL, os.O_WRONLY | os.O_APPEND)
-        self._journal_bytes = len(data)
+        def swap() -> None:
+            with self._cond:
+                while self._flushing or self._pending:
+                    self._cond.wait()
+                journal = directory / JOURNAL
+                records, _ = _decode_all(journal.read_bytes())
+                base = 0
+                if records and records[0][0] == _BASE_TOPIC:
+                    base = int(records.pop(0)[1])
+                groups = {name: set(t.groups) for name, t in list(self._topics.items())}
+                committed = {g: dict(t) for g, t in list(self._committed.items())}
+                cut = 0
+                for i, (topic, _key, _value) in enumerate(records):
+                    readers = groups.get(topic) or set()
+                    if not readers or any(committed.get(g, {}).get(topic, 0) <= base + i for g in readers):
+                        break
+                    cut = i + 1
+                if cut * 2 < len(records):
+                    self._compact_bytes = max(self._compact_bytes, 2 * self._journal_bytes)
+                    return  # not worth it yet; try again at twice the size
+                # The first record names the offset of the next: the new base
+                # and the shorter journal replace the old one in one rename.
+                data = _encode(_BASE_TOPIC, str(base + cut), b"") + b"".join(
+                    _encode(t, k, v) for t, k, v in records[cut:]
+                )
+                tmp = directory / (JOURNAL + ".tmp")
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, journal)
+                dir_fd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+                if self._fd is not None:
+                    os.close(self._fd)
+                self._fd = os.open(journal, os.O_WRONLY | os.O_APPEND)
+                self._journal_bytes = len(data)
+
+        await asyncio.to_thread(swap)
 
     async def close(self) -> None:
-        self._closed = True
-        if self._flusher is not None:
-            with contextlib.suppress(Exception):
-                await self._flusher
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        def shut() -> None:
+            with self._cond:
+                self._closed = True
+                while self._flushing:
+                    self._cond.wait()
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+
+        await asyncio.to_thread(shut)
         self._executor.shutdown(wait=False)
         self._new_data.set()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -25,6 +26,8 @@ from dicomcloud.usecases.ingest import Ingest
 
 log = logging.getLogger(__name__)
 STATUS_SUCCESS = 0x0000
+# fsyncs of received files run here while the handler thread publishes the event.
+_DURABILITY = ThreadPoolExecutor(64, thread_name_prefix="fsync")
 PUBLISH_TIMEOUT = 30.0
 
 
@@ -55,11 +58,11 @@ def handle_store(
             expected_sop_class_uid=str(request.AffectedSOPClassUID or "") or None,
         )
         source = Source("dimse", calling_ae, called_ae.strip(), str(assoc.requestor.address))
-        future = asyncio.run_coroutine_threadsafe(ingest.publish(parsed, len(data), source), loop)
+        durable = _DURABILITY.submit(ingest.make_durable, parsed)  # overlaps the bus flush
         try:
-            ingest.make_durable(parsed)  # overlaps with the bus's own flush
+            ingest.publish_blocking(parsed, len(data), source)
         finally:
-            future.result(timeout=PUBLISH_TIMEOUT)
+            durable.result(timeout=PUBLISH_TIMEOUT)
     except DicomCloudError as exc:
         log.warning("C-STORE from %s refused: %s", calling_ae, exc.reason)
         return _status(dimse_status(exc), exc.reason)

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from io import BytesIO
 
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import dcmread
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from dicomcloud.domain.layout import InstanceKey, instance_path
@@ -55,12 +56,17 @@ class ParsedPart10:
     patient_id: str
 
 
+def _after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return bool(tag > 0x0020000E)
+
+
 def parse_part10(data: bytes | memoryview, tenant_id: str) -> ParsedPart10:
     """Read just enough of a Part 10 file (PS3.10 §7) to file it. CPU-bound."""
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         raise MalformedDicom("not a DICOM Part 10 file: no 'DICM' prefix at byte 128")
     try:
-        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        # Everything needed precedes (0020,000E): stop reading there.
+        ds = read_partial(BytesIO(data), stop_when=_after_series_uid, defer_size=None)
         tsuid = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
         values = {kw: ds.get(kw) for kw in _HEADER_TAGS}
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
@@ -148,6 +154,29 @@ class Ingest:
             ) from exc
 
     async def publish(self, parsed: ParsedPart10, size: int, source: Source) -> StoredInstance:
+        items, stored = self._event(parsed, size, source)
+        try:
+            await self._bus.publish(items)
+        except DicomCloudError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"the message bus did not accept the event: {exc}") from exc
+        return stored
+
+    def publish_blocking(self, parsed: ParsedPart10, size: int, source: Source) -> StoredInstance:
+        """:meth:`publish` for a DIMSE handler thread: no hop through the event loop."""
+        items, stored = self._event(parsed, size, source)
+        try:
+            self._bus.publish_blocking(items)
+        except DicomCloudError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"the message bus did not accept the event: {exc}") from exc
+        return stored
+
+    def _event(
+        self, parsed: ParsedPart10, size: int, source: Source
+    ) -> tuple[list[tuple[str, str, bytes]], StoredInstance]:
         path = instance_path(parsed.key)
         event = InstanceStored(
             tenant_id=parsed.key.tenant_id,
@@ -165,13 +194,8 @@ class Ingest:
         )
         value = encode(event)
         key = parsed.key.study_instance_uid
-        try:
-            await self._bus.publish([(STORAGE_QUEUE, key, value), (LOG_QUEUE, key, value)])
-        except DicomCloudError:
-            raise
-        except Exception as exc:
-            raise Unavailable(f"the message bus did not accept the event: {exc}") from exc
-        return StoredInstance(parsed.key, parsed.sop_class_uid, parsed.transfer_syntax_uid, size)
+        stored = StoredInstance(parsed.key, parsed.sop_class_uid, parsed.transfer_syntax_uid, size)
+        return [(STORAGE_QUEUE, key, value), (LOG_QUEUE, key, value)], stored
 
     async def store(
         self,
