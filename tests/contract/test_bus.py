@@ -68,7 +68,7 @@ async def test_journal_survives_restart_and_drops_only_committed(tmp_path: Path)
     bus = JournalBus(tmp_path)
     await bus.publish([("a", "k", b"1"), ("a", "k", b"2"), ("a", "k", b"3")])
     consumer = bus.consumer("g", ["a"])
-    await consumer.commit((await consumer.poll(1, 0)))
+    await consumer.commit(await consumer.poll(1, 0))
     await bus.close()
 
     again = JournalBus(tmp_path)
