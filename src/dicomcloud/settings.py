@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomcloud.domain.uids import validate_tenant
+from dicomcloud.errors import InvalidTenant
 
 ENV_PREFIX = "DICOMCLOUD_"
 
@@ -75,7 +76,10 @@ def _parse_map(text: str) -> dict[str, str]:
         ae, sep, tenant = item.partition("=")
         if not sep:
             raise ValueError(f"AE tenant map entry {item!r} is not AE=TENANT")
-        result[ae.strip()] = validate_tenant(tenant.strip())
+        try:
+            result[ae.strip()] = validate_tenant(tenant.strip())
+        except InvalidTenant as exc:
+            raise ValueError(f"AE tenant map entry {item!r}: {exc.reason}") from exc
     return result
 
 
@@ -112,7 +116,10 @@ def load(
         current = getattr(settings, name)
         changes[name] = _convert(name, value, current) if isinstance(value, str) else value
     settings = replace(settings, **changes)
-    validate_tenant(settings.default_tenant)
+    try:
+        validate_tenant(settings.default_tenant)
+    except InvalidTenant as exc:
+        raise ValueError(f"default tenant: {exc.reason}") from exc
     if not 0 < len(settings.ae_title) <= 16:
         raise ValueError("the AE title must be 1 to 16 characters")
     return settings
