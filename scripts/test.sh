@@ -50,7 +50,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 start_postgres() {
-    pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/dicomcloud-pg.XXXXXX") || return 1
+    pg_dir=$(mktemp -d /tmp/dicomcloud-pg.XXXXXX) || return 1  # /tmp: the postgres user must reach it
     chmod 755 "$pg_dir"
     if [ "$(id -u)" -eq 0 ]; then
         chown postgres: "$pg_dir" || return 1
@@ -63,7 +63,7 @@ start_postgres() {
         -o "-c listen_addresses=127.0.0.1 -p $port -k $pg_dir -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
         start >/dev/null || { cat "$pg_dir/server.log"; return 1; }
     export DICOMCLOUD_TEST_DATABASE_URL="postgresql://postgres@127.0.0.1:$port/postgres"
-    echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port (data in $pg_dir)"
+    echo "PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (data in $pg_dir)"
 }
 
 section "PostgreSQL"

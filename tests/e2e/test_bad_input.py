@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import struct
 import uuid
 from collections.abc import Iterator
@@ -168,8 +169,10 @@ def test_connection_dropped_mid_instance(archive: Archive, assoc: Association) -
     assoc.dul.socket.send(_p_data(context.context_id, 0x00, data[:1000]))
     raw = assoc.dul.socket.socket
     assert raw is not None
-    raw.shutdown(2)  # no A-ABORT: the TCP connection just goes away
-    assoc.abort()
+    raw.shutdown(socket.SHUT_RDWR)  # no A-ABORT reaches the archive: the connection just goes
+    assoc.abort()  # lets pynetdicom's threads finish; its A-ABORT cannot be sent any more
+    assoc.join(timeout=10)
+    raw.close()  # pynetdicom does not close a socket that was shut down under it
 
     store_good_and_wait(archive, f"GOOD-{patient}")
     assert_nothing_stored(archive, patient, ds.SOPInstanceUID)
