@@ -60,9 +60,7 @@ class Archive:
 
 def _bus(settings: Settings) -> Bus:
     if settings.bus_url and not settings.bus_url.startswith("embedded"):
-        raise Unavailable(
-            f"bus {settings.bus_url!r} is not supported yet (only the embedded journal)"
-        )
+        raise Unavailable(f"bus {settings.bus_url!r} is not supported yet (only the embedded journal)")
     return JournalBus(settings.data_dir / "bus")
 
 

@@ -41,7 +41,8 @@ class Settings:
     qido_max_limit: int = 10_000
     qido_default_limit: int = 1_000
     webworker_interval: float = 0.5
-    webworker_quiet_seconds: float = 1.0
+    webworker_quiet_seconds: float = 0.5
+    webworker_max_delay_seconds: float = 2.0
     log_level: str = "INFO"
 
     @property
@@ -99,9 +100,7 @@ def _convert(name: str, raw: str, current: Any) -> Any:
     return raw
 
 
-def load(
-    overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
-) -> Settings:
+def load(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Build settings from defaults, then ``DICOMCLOUD_*`` variables, then ``overrides``."""
     env = os.environ if env is None else env
     settings = Settings()

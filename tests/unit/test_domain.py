@@ -172,3 +172,22 @@ def test_settings_precedence_and_masking() -> None:
     assert mask_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     with pytest.raises(ValueError):
         load(env={"DICOMCLOUD_AE_TENANTS": "CT1=../x"})
+
+
+def test_file_meta_without_preamble_is_accepted_and_normalised() -> None:
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from dicomcloud.usecases.ingest import normalize_part10, parse_part10
+    from tests.factory import make_instance, part10_bytes
+
+    full = part10_bytes(make_instance(rows=8, columns=8))
+    bare = full[128:]  # 'DICM' + file meta + dataset
+    assert normalize_part10(bare) == full
+    no_prefix = full[132:]  # file meta + dataset, as pydicom writes an in-memory dataset
+    normalised = normalize_part10(no_prefix)
+    assert normalised == full
+    assert parse_part10(normalised, "t").key.sop_instance_uid == dcmread(BytesIO(full)).SOPInstanceUID
+    garbage = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"  # a dataset with no file meta: refused later
+    assert normalize_part10(garbage) == garbage

@@ -237,9 +237,7 @@ class JournalBus:
     def _committed_offset(self, group: str, topic: str) -> int:
         return self._committed.get(group, {}).get(topic, 0)
 
-    def _fetch(
-        self, group: str, topics: tuple[str, ...], positions: dict[str, int], limit: int
-    ) -> list[Record]:
+    def _fetch(self, group: str, topics: tuple[str, ...], positions: dict[str, int], limit: int) -> list[Record]:
         out: list[Record] = []
         for name in topics:
             records = self._topic(name).records

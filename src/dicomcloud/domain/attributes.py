@@ -40,9 +40,7 @@ def _snake(keyword: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", keyword).lower()
 
 
-def _attr(
-    keyword: str, level: Level, *, matchable: bool = True, computed: bool = False
-) -> Attribute:
+def _attr(keyword: str, level: Level, *, matchable: bool = True, computed: bool = False) -> Attribute:
     tag = tag_for_keyword(keyword)
     assert tag is not None, keyword
     return Attribute(keyword, tag, dictionary_VR(tag), level, _snake(keyword), matchable, computed)
@@ -100,9 +98,7 @@ INSTANCE_ATTRIBUTES: tuple[Attribute, ...] = (
     _attr("AcquisitionNumber", IN),
 )
 
-ALL_ATTRIBUTES: tuple[Attribute, ...] = (
-    PATIENT_ATTRIBUTES + STUDY_ATTRIBUTES + SERIES_ATTRIBUTES + INSTANCE_ATTRIBUTES
-)
+ALL_ATTRIBUTES: tuple[Attribute, ...] = PATIENT_ATTRIBUTES + STUDY_ATTRIBUTES + SERIES_ATTRIBUTES + INSTANCE_ATTRIBUTES
 BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ALL_ATTRIBUTES}
 BY_TAG: dict[int, Attribute] = {a.tag: a for a in ALL_ATTRIBUTES}
 

@@ -120,9 +120,7 @@ def _element_header(buf: memoryview, pos: int, tsuid: str) -> tuple[bytes, int, 
     if (group, element) != (0x7FE0, 0x0010):
         which = {0x0008: "Float Pixel Data", 0x0009: "Double Float Pixel Data"}.get(element, "")
         if group == 0x7FE0 and which:
-            raise NotFound(
-                f"the instance has {which} (7FE0,{element:04X}), not PixelData (7FE0,0010)"
-            )
+            raise NotFound(f"the instance has {which} (7FE0,{element:04X}), not PixelData (7FE0,0010)")
         raise NotFound("the instance has no PixelData (7FE0,0010)")
     if tsuid == IMPLICIT_VR_LITTLE_ENDIAN:
         (length,) = struct.unpack_from("<I", buf, pos + 4)
@@ -144,9 +142,7 @@ def _pixels(ds: Any, tsuid: str, buf: memoryview, pos: int) -> _Pixels:
         value = buf[start:]
     else:
         if start + length > len(buf):
-            raise MalformedDicom(
-                f"PixelData (7FE0,0010) claims {length} bytes but only {len(buf) - start} follow"
-            )
+            raise MalformedDicom(f"PixelData (7FE0,0010) claims {length} bytes but only {len(buf) - start} follow")
         value = buf[start : start + length]
     return _make_pixels(ds, tsuid, value, vr, encapsulated)
 
@@ -264,9 +260,7 @@ def _native_frames(px: _Pixels, numbers: Sequence[int]) -> list[Frame]:
     for n in numbers:
         frame = value[(n - 1) * size : n * size]
         if px.big_endian and px.bits_allocated > 8:
-            frame = memoryview(
-                np.frombuffer(frame, f">u{px.bits_allocated // 8}").byteswap().tobytes()
-            )
+            frame = memoryview(np.frombuffer(frame, f">u{px.bits_allocated // 8}").byteswap().tobytes())
         frames.append(frame)
     return frames
 
@@ -292,21 +286,15 @@ def _items(value: memoryview) -> tuple[memoryview, list[tuple[int, int]]]:
     size = len(value)
     while True:
         if pos + 8 > size:
-            raise MalformedDicom(
-                "encapsulated PixelData ends without a Sequence Delimiter (truncated)"
-            )
+            raise MalformedDicom("encapsulated PixelData ends without a Sequence Delimiter (truncated)")
         group, element, length = struct.unpack_from("<HHI", value, pos)
         tag = group << 16 | element
         if tag == _SEQUENCE_DELIMITER:
             break
         if tag != _ITEM:
-            raise MalformedDicom(
-                f"unexpected tag ({group:04X},{element:04X}) in encapsulated PixelData"
-            )
+            raise MalformedDicom(f"unexpected tag ({group:04X},{element:04X}) in encapsulated PixelData")
         if length == _UNDEFINED or pos + 8 + length > size:
-            raise MalformedDicom(
-                "an encapsulated PixelData item is longer than the data (truncated)"
-            )
+            raise MalformedDicom("an encapsulated PixelData item is longer than the data (truncated)")
         if bot is None:
             bot = value[pos + 8 : pos + 8 + length]
         else:
@@ -326,16 +314,9 @@ def _encapsulated_frames(px: _Pixels, numbers: Sequence[int]) -> list[Frame]:
         offsets = np.frombuffer(px.extended_offsets[0], "<u8")
         lengths = np.frombuffer(px.extended_offsets[1], "<u8")
         if len(offsets) != count or len(lengths) != count:
-            raise MalformedDicom(
-                f"Extended Offset Table has {len(offsets)} entries for {count} frames"
-            )
+            raise MalformedDicom(f"Extended Offset Table has {len(offsets)} entries for {count} frames")
         return [
-            value[
-                first + int(offsets[n - 1]) + 8 : first
-                + int(offsets[n - 1])
-                + 8
-                + int(lengths[n - 1])
-            ]
+            value[first + int(offsets[n - 1]) + 8 : first + int(offsets[n - 1]) + 8 + int(lengths[n - 1])]
             for n in numbers
         ]
     if len(bot):
@@ -350,9 +331,7 @@ def _encapsulated_frames(px: _Pixels, numbers: Sequence[int]) -> list[Frame]:
         for n in numbers:
             lo, hi = bounds[n - 1], bounds[n]
             if lo not in index:
-                raise MalformedDicom(
-                    f"Basic Offset Table entry for frame {n} does not point at an item"
-                )
+                raise MalformedDicom(f"Basic Offset Table entry for frame {n} does not point at an item")
             pieces = []
             i = index[lo]
             while i < len(fragments) and fragments[i][0] - 8 < hi:
@@ -365,17 +344,13 @@ def _encapsulated_frames(px: _Pixels, numbers: Sequence[int]) -> list[Frame]:
     if count == 1:
         return [_join(value, fragments)]
     if len(fragments) < count:
-        raise MalformedDicom(
-            f"encapsulated PixelData has {len(fragments)} fragments for {count} frames"
-        )
+        raise MalformedDicom(f"encapsulated PixelData has {len(fragments)} fragments for {count} frames")
     # Several fragments per frame and no offset table: pydicom finds frame boundaries.
     buffer = BytesIO(value)
     try:
         return [get_frame(buffer, n - 1, number_of_frames=count) for n in numbers]
     except ValueError as exc:
-        raise MalformedDicom(
-            f"frames of the encapsulated PixelData cannot be located: {exc}"
-        ) from exc
+        raise MalformedDicom(f"frames of the encapsulated PixelData cannot be located: {exc}") from exc
 
 
 def _join(value: memoryview, pieces: Sequence[tuple[int, int]]) -> Frame:

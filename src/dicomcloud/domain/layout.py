@@ -66,10 +66,7 @@ class InstanceKey:
 
 
 def instance_path(key: InstanceKey) -> str:
-    return (
-        f"{key.tenant_id}/{key.study_instance_uid}/{key.series_instance_uid}/"
-        f"{key.sop_instance_uid}{INSTANCE_SUFFIX}"
-    )
+    return f"{key.tenant_id}/{key.study_instance_uid}/{key.series_instance_uid}/{key.sop_instance_uid}{INSTANCE_SUFFIX}"
 
 
 def series_dir(key: SeriesKey) -> str:

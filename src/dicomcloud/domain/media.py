@@ -89,9 +89,7 @@ def is_video(transfer_syntax_uid: str) -> bool:
     return FRAME_MEDIA_TYPES.get(transfer_syntax_uid, "").startswith("video/")
 
 
-def transcoding_available(
-    stored_transfer_syntax_uid: str, requested_transfer_syntax_uid: str
-) -> bool:
+def transcoding_available(stored_transfer_syntax_uid: str, requested_transfer_syntax_uid: str) -> bool:
     """Whether we can convert between the two syntaxes. THE hook for a later transcoder.
 
     No transcoder exists yet, so only identical syntaxes qualify.
@@ -126,9 +124,7 @@ def _parse_q(value: str, text: str) -> float:
     try:
         q = float(value)
     except ValueError:
-        raise InvalidInput(
-            f"Accept q value {value!r} in {text.strip()!r} is not a number"
-        ) from None
+        raise InvalidInput(f"Accept q value {value!r} in {text.strip()!r} is not a number") from None
     if not 0.0 <= q <= 1.0:
         raise InvalidInput(f"Accept q value {value!r} in {text.strip()!r} is not between 0 and 1")
     return q
@@ -184,9 +180,7 @@ class InstanceMedia:
                 return stored_transfer_syntax_uid
             if transcoding_available(stored_transfer_syntax_uid, wanted):
                 return wanted
-        raise NotAcceptable(
-            _no_transcoding(stored_transfer_syntax_uid, " or ".join(self.transfer_syntaxes))
-        )
+        raise NotAcceptable(_no_transcoding(stored_transfer_syntax_uid, " or ".join(self.transfer_syntaxes)))
 
     def part_content_type(self, stored_transfer_syntax_uid: str) -> str:
         """``application/dicom; transfer-syntax=<uid>`` for one instance (PS3.18 §8.7.3.5.2)."""
@@ -261,9 +255,7 @@ def stored_frame_media(stored_transfer_syntax_uid: str) -> tuple[str, str]:
     """
     if stored_transfer_syntax_uid in NATIVE_TRANSFER_SYNTAXES:
         return OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN
-    return FRAME_MEDIA_TYPES.get(
-        stored_transfer_syntax_uid, OCTET_STREAM
-    ), stored_transfer_syntax_uid
+    return FRAME_MEDIA_TYPES.get(stored_transfer_syntax_uid, OCTET_STREAM), stored_transfer_syntax_uid
 
 
 def _frame_range_fits(r: MediaRange, media_type: str, syntax: str) -> tuple[bool, str | None]:
@@ -319,8 +311,7 @@ def choose_frame_media(
             missing.append(lacking)
     if missing:
         raise NotAcceptable(
-            f"frames are stored as {media_type} in {syntax}; "
-            + _no_transcoding(syntax, " or ".join(missing))
+            f"frames are stored as {media_type} in {syntax}; " + _no_transcoding(syntax, " or ".join(missing))
         )
     raise NotAcceptable(
         f'frames are available as multipart/related; type="{media_type}"; '
@@ -343,6 +334,4 @@ def choose_metadata_media(accept: str | None) -> str:
             return APPLICATION_JSON
         if r.matches(APPLICATION_DICOM_JSON):
             return APPLICATION_DICOM_JSON
-    raise NotAcceptable(
-        f"metadata is available as application/dicom+json, not {_accept_text(ranges)}"
-    )
+    raise NotAcceptable(f"metadata is available as application/dicom+json, not {_accept_text(ranges)}")

@@ -111,9 +111,7 @@ class DicomImageMeta:
 
 
 Message = InstanceStored | DicomStateMeta | DicomImageMeta
-_TYPES: dict[str, type[Any]] = {
-    cls.TYPE: cls for cls in (InstanceStored, DicomStateMeta, DicomImageMeta)
-}
+_TYPES: dict[str, type[Any]] = {cls.TYPE: cls for cls in (InstanceStored, DicomStateMeta, DicomImageMeta)}
 
 
 def encode(message: Message) -> bytes:

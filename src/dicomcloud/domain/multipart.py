@@ -53,9 +53,7 @@ class MediaType:
         return self.params.get(name.lower())
 
     def __str__(self) -> str:
-        return self.essence + "".join(
-            f"; {name}={format_param_value(value)}" for name, value in self.params.items()
-        )
+        return self.essence + "".join(f"; {name}={format_param_value(value)}" for name, value in self.params.items())
 
 
 def format_param_value(value: str) -> str:
@@ -123,9 +121,7 @@ def parse_media_type(text: str) -> MediaType:
         name, eq, value = piece.partition("=")
         name = name.strip().lower()
         if not eq or not name:
-            raise InvalidInput(
-                f"media type parameter {piece!r} in {text.strip()!r} is not name=value"
-            )
+            raise InvalidInput(f"media type parameter {piece!r} in {text.strip()!r} is not name=value")
         params[name] = _unquote(value.strip())
     return MediaType(main, sub, MappingProxyType(params))
 
@@ -142,9 +138,7 @@ def parse_content_type(header: str | None) -> MediaType:
 
 def multipart_related_type(part_type: str, boundary: str, **params: str) -> str:
     """The Content-Type of a ``multipart/related`` response (PS3.18 §8.7.3.5.1)."""
-    extra = "".join(
-        f"; {name.replace('_', '-')}={format_param_value(v)}" for name, v in params.items()
-    )
+    extra = "".join(f"; {name.replace('_', '-')}={format_param_value(v)}" for name, v in params.items())
     return f'multipart/related; type="{part_type}"; boundary={format_param_value(boundary)}{extra}'
 
 
@@ -183,9 +177,7 @@ def _check_boundary(boundary: str | None) -> bytes:
     if len(boundary) > _MAX_BOUNDARY:
         raise InvalidInput(f"multipart boundary is {len(boundary)} characters; RFC 2046 allows 70")
     if not set(boundary) <= _BCHARS or boundary.endswith(" "):
-        raise InvalidInput(
-            f"multipart boundary {boundary!r} has characters RFC 2046 does not allow"
-        )
+        raise InvalidInput(f"multipart boundary {boundary!r} has characters RFC 2046 does not allow")
     return boundary.encode("ascii")
 
 
@@ -250,8 +242,7 @@ def parse_multipart_related(body: bytes | bytearray | memoryview, content_type: 
     while True:
         if found < 0:
             raise InvalidInput(
-                f"multipart body has no delimiter line --{dash[2:].decode()} "
-                "(wrong boundary, or not a multipart body)"
+                f"multipart body has no delimiter line --{dash[2:].decode()} (wrong boundary, or not a multipart body)"
             )
         after = _delimiter_end(data, found + len(dash), size)
         if after is not None:
@@ -270,9 +261,7 @@ def parse_multipart_related(body: bytes | bytearray | memoryview, content_type: 
         else:
             head_end = data.find(CRLF + CRLF, start)
             if head_end < 0:
-                raise InvalidInput(
-                    f"part {index} of the multipart body ends inside its headers (truncated)"
-                )
+                raise InvalidInput(f"part {index} of the multipart body ends inside its headers (truncated)")
             headers = _parse_headers(view[start:head_end], index)
             content_start = head_end + 4
         search = content_start

@@ -190,9 +190,7 @@ def level_uids(level: Level) -> tuple[int, ...]:
 
 
 def query_returned_levels(query: QidoQuery) -> tuple[Level, ...]:
-    return returned_levels(
-        query.level, query.study_instance_uid is not None, query.series_instance_uid is not None
-    )
+    return returned_levels(query.level, query.study_instance_uid is not None, query.series_instance_uid is not None)
 
 
 def return_tags(query: QidoQuery) -> frozenset[str]:
@@ -219,17 +217,13 @@ def _describe(tag: int) -> str:
 def _resolve(key: str, what: str) -> int:
     """A keyword or 8-hex-digit tag of the data dictionary (PS3.6) to its tag."""
     if "." in key:
-        raise InvalidQuery(
-            f"{what} {key[:80]!r}: sequence attribute paths are not supported for matching"
-        )
+        raise InvalidQuery(f"{what} {key[:80]!r}: sequence attribute paths are not supported for matching")
     if len(key) == 8 and all(c in "0123456789abcdefABCDEF" for c in key):
         tag = int(key, 16)
         try:
             dictionary_VR(tag)
         except KeyError:
-            raise InvalidQuery(
-                f"unknown attribute {key!r}: not in the DICOM data dictionary"
-            ) from None
+            raise InvalidQuery(f"unknown attribute {key!r}: not in the DICOM data dictionary") from None
         return tag
     found = tag_for_keyword(key)
     if found is None:
@@ -265,9 +259,7 @@ def _check_tm(attr: Attribute, value: str) -> None:
 
 def _parse_range(attr: Attribute, value: str) -> MatchingKey:
     if value.count("-") != 1:
-        raise InvalidQuery(
-            f"{attr.keyword}={value[:40]!r}: a range is 'low-high', '-high' or 'low-'"
-        )
+        raise InvalidQuery(f"{attr.keyword}={value[:40]!r}: a range is 'low-high', '-high' or 'low-'")
     low, high = value.split("-")
     if not low and not high:
         raise InvalidQuery(f"{attr.keyword}='-': a range needs at least one end")
@@ -307,9 +299,7 @@ def parse_value(attr: Attribute, raw: str) -> MatchingKey:
                 f"and ModalitiesInStudy only, not to VR {attr.vr}"
             )
         if "*" in value or "?" in value:
-            raise InvalidQuery(
-                f"{attr.keyword}: wildcards cannot be combined with a list of values"
-            )
+            raise InvalidQuery(f"{attr.keyword}: wildcards cannot be combined with a list of values")
         items = tuple(v.strip(" ") for v in value.split("\\"))
         for item in items:
             _check_single(attr, item)
@@ -317,8 +307,7 @@ def parse_value(attr: Attribute, raw: str) -> MatchingKey:
     if "*" in value or "?" in value:
         if attr.vr not in WILDCARD_VRS:
             raise InvalidQuery(
-                f"{attr.keyword}={value[:40]!r}: wildcard matching (* and ?) does not apply to "
-                f"VR {attr.vr}"
+                f"{attr.keyword}={value[:40]!r}: wildcard matching (* and ?) does not apply to VR {attr.vr}"
             )
         _check_string(attr, value)
         return MatchingKey(attr, Matching.WILDCARD, (value,))
@@ -331,8 +320,7 @@ def parse_value(attr: Attribute, raw: str) -> MatchingKey:
 def _check_string(attr: Attribute, value: str) -> None:
     if attr.vr == "CS" and not _CS_RE.fullmatch(value):
         raise InvalidQuery(
-            f"{attr.keyword}={value[:40]!r} is not a CS value: upper-case letters, digits, "
-            "space and underscore"
+            f"{attr.keyword}={value[:40]!r} is not a CS value: upper-case letters, digits, space and underscore"
         )
 
 

@@ -27,9 +27,7 @@ def validate_uid(value: object, name: str = "UID") -> str:
     if len(uid) > MAX_UID_LENGTH:
         raise InvalidUID(f"{name} is {len(uid)} characters long; at most 64 are allowed")
     if not _UID_RE.fullmatch(uid):
-        raise InvalidUID(
-            f"{name} {uid[:70]!r} is not a UID: only digits and single dots between them"
-        )
+        raise InvalidUID(f"{name} {uid[:70]!r} is not a UID: only digits and single dots between them")
     return uid
 
 

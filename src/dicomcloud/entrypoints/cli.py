@@ -35,20 +35,16 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument(
             "--data-dir",
-            help="where files, bus journal and embedded PostgreSQL live "
-            "[DICOMCLOUD_DATA_DIR, ./dicomcloud-data]",
+            help="where files, bus journal and embedded PostgreSQL live [DICOMCLOUD_DATA_DIR, ./dicomcloud-data]",
         )
         p.add_argument(
             "--database-url",
-            help="postgresql://… ; empty: embedded server in the data dir "
-            "[DICOMCLOUD_DATABASE_URL]",
+            help="postgresql://… ; empty: embedded server in the data dir [DICOMCLOUD_DATABASE_URL]",
         )
         if name in ("up", "server"):
             p.add_argument("--http-host", help="[DICOMCLOUD_HTTP_HOST, 127.0.0.1]")
             p.add_argument("--http-port", type=int, help="[DICOMCLOUD_HTTP_PORT, 8080]")
-            p.add_argument(
-                "--public-url", help="base URL written into BulkDataURIs [DICOMCLOUD_PUBLIC_URL]"
-            )
+            p.add_argument("--public-url", help="base URL written into BulkDataURIs [DICOMCLOUD_PUBLIC_URL]")
         if name in ("up", "storescp"):
             p.add_argument("--dimse-host", help="[DICOMCLOUD_DIMSE_HOST, 0.0.0.0]")
             p.add_argument("--dimse-port", type=int, help="[DICOMCLOUD_DIMSE_PORT, 11112]")
@@ -70,14 +66,14 @@ async def run(services: Sequence[Service], settings: Settings) -> int:
     print(f"dicomcloud {__version__}: data in {settings.data_dir.resolve()}", flush=True)
     tasks = [asyncio.create_task(service(archive, stop)) for service in services]
     try:
-        done, _ = await asyncio.wait(
-            [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
+        done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t in tasks and t.exception() is not None]
         stop.set()
         results = await asyncio.gather(*tasks, return_exceptions=True)
         for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+            if isinstance(r, DicomCloudError):
+                print(f"dicomcloud: {r.reason}", file=sys.stderr, flush=True)
+            elif isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 log.error("service failed: %r", r)
         print("dicomcloud stopped", flush=True)
         return 1 if failed else 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from dicomcloud.domain.messages import (
 )
 from dicomcloud.entrypoints.http.app import create_app
 from dicomcloud.entrypoints.storescp import StoreSCP
+from dicomcloud.errors import Unavailable
 from dicomcloud.usecases.consume import consume
 
 log = logging.getLogger(__name__)
@@ -31,11 +33,14 @@ Service = Callable[[Archive, asyncio.Event], Coroutine[Any, Any, None]]
 
 async def storescp(archive: Archive, stop: asyncio.Event) -> None:
     scp = StoreSCP(archive.settings, archive.ingest, asyncio.get_running_loop())
-    await asyncio.to_thread(scp.start)
     s = archive.settings
-    print(
-        f"DIMSE  C-ECHO/C-STORE SCP  AE {s.ae_title} on {s.dimse_host}:{s.dimse_port}", flush=True
-    )
+    try:
+        await asyncio.to_thread(scp.start)
+    except OSError as exc:
+        raise Unavailable(
+            f"the DICOM listener could not listen on {s.dimse_host}:{s.dimse_port}: {exc.strerror}"
+        ) from exc
+    print(f"DIMSE  C-ECHO/C-STORE SCP  AE {s.ae_title} on {s.dimse_host}:{s.dimse_port}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -43,9 +48,7 @@ async def storescp(archive: Archive, stop: asyncio.Event) -> None:
 
 
 async def consumer(archive: Archive, stop: asyncio.Event) -> None:
-    await consume(
-        archive.bus, "consumer", [STORAGE_QUEUE], archive.index_instances.handle, stop, linger=0.25
-    )
+    await consume(archive.bus, "consumer", [STORAGE_QUEUE], archive.index_instances.handle, stop, linger=0.25)
 
 
 async def loader(archive: Archive, stop: asyncio.Event) -> None:
@@ -63,9 +66,7 @@ async def webworker(archive: Archive, stop: asyncio.Event) -> None:
     """Periodic scan for series whose metadata is behind their index state."""
     while not stop.is_set():
         try:
-            built = await archive.metadata.run_once(
-                quiet_seconds=archive.settings.webworker_quiet_seconds
-            )
+            built = await archive.metadata.run_once(quiet_seconds=archive.settings.webworker_quiet_seconds)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -95,13 +96,19 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
         timeout_keep_alive=30,
         server_header=False,
     )
+    try:
+        # Bound here, so that a port in use is our error, not uvicorn's sys.exit().
+        family = socket.getaddrinfo(s.http_host, s.http_port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((s.http_host, s.http_port), family=family, backlog=2048)
+    except OSError as exc:
+        raise Unavailable(f"the HTTP server could not listen on {s.http_host}:{s.http_port}: {exc.strerror}") from exc
     http = _Server(config)
-    task = asyncio.create_task(http.serve())
+    task = asyncio.create_task(http.serve(sockets=[sock]))
     while not http.started and not task.done():
         await asyncio.sleep(0.02)
     if task.done():
-        await task  # raises the bind error, if any
-        raise SystemExit(f"the HTTP server on {s.http_host}:{s.http_port} stopped at start")
+        await task
+        raise Unavailable(f"the HTTP server on {s.http_host}:{s.http_port} stopped at start")
     print(
         f"HTTP   DICOMweb  {s.base_url}/dicom-web   (tenants: {s.base_url}/tenants/<tenant>/dicom-web)",
         flush=True,

@@ -39,9 +39,7 @@ def _status(code: int, comment: str = "") -> Dataset:
     return ds
 
 
-def handle_store(
-    event: Any, ingest: Ingest, settings: Settings, loop: asyncio.AbstractEventLoop
-) -> Dataset:
+def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.AbstractEventLoop) -> Dataset:
     """EVT_C_STORE: the one handler that decides the status (runs in the association thread)."""
     assoc = event.assoc
     called = assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else ""
@@ -67,9 +65,7 @@ def handle_store(
         log.warning("C-STORE from %s refused: %s", calling_ae, exc.reason)
         return _status(dimse_status(exc), exc.reason)
     except TimeoutError:
-        log.error(
-            "C-STORE from %s: the bus did not confirm within %ss", calling_ae, PUBLISH_TIMEOUT
-        )
+        log.error("C-STORE from %s: the bus did not confirm within %ss", calling_ae, PUBLISH_TIMEOUT)
         return _status(0xA700, "the message bus did not confirm in time")
     except Exception as exc:
         log.exception("C-STORE from %s failed", calling_ae)

@@ -52,9 +52,7 @@ def _order(obj: dict[str, Any]) -> tuple[int, str]:
 
 
 class MetadataBuilder:
-    def __init__(
-        self, blobs: BlobStore, index: Index, instance_url: Callable[[InstanceKey], str]
-    ) -> None:
+    def __init__(self, blobs: BlobStore, index: Index, instance_url: Callable[[InstanceKey], str]) -> None:
         self._blobs = blobs
         self._index = index
         self._instance_url = instance_url
@@ -82,9 +80,7 @@ class MetadataBuilder:
             previous = {}
         objects = []
         for sop_uid in self._blobs.series_instance_uids(key):
-            ikey = InstanceKey(
-                key.tenant_id, key.study_instance_uid, key.series_instance_uid, sop_uid
-            )
+            ikey = InstanceKey(key.tenant_id, key.study_instance_uid, key.series_instance_uid, sop_uid)
             cached = previous.get(sop_uid)
             if cached is not None:
                 try:
@@ -131,9 +127,7 @@ class MetadataBuilder:
         """Bring the series metadata file up to date if needed; return its path."""
         state = await self._index.series_state(key)
         if state is None:
-            raise NotFound(
-                f"series {key.series_instance_uid} not found in study {key.study_instance_uid}"
-            )
+            raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
         path = series_metadata_path(key)
         if state.revision <= state.metadata_revision and self._blobs.exists(path):
             return path
@@ -164,17 +158,19 @@ class MetadataBuilder:
             await self._index.mark_study_metadata(key, state.revision)
         return path
 
-    async def run_once(self, limit: int = 100, quiet_seconds: float = 0.0) -> int:
+    async def run_once(self, limit: int = 100, quiet_seconds: float = 0.0, max_delay_seconds: float = 0.0) -> int:
         """Rebuild what is stale; the webworker's periodic scan. Returns files written.
 
-        ``quiet_seconds`` debounces: a series still receiving instances is left
-        until it has been quiet that long (a request for it builds it at once).
+        Debounced: a series still receiving instances is rebuilt once it has
+        been quiet for ``quiet_seconds``, or at the latest ``max_delay_seconds``
+        after its last build, so a long series is built incrementally while it
+        arrives (a request for it builds it at once in any case).
         """
         done = 0
-        for series in await self._index.stale_series(limit, quiet_seconds):
+        for series in await self._index.stale_series(limit, quiet_seconds, max_delay_seconds):
             await self.ensure_series(series.key)
             done += 1
-        for study in await self._index.stale_studies(limit, quiet_seconds):
+        for study in await self._index.stale_studies(limit, quiet_seconds, max_delay_seconds):
             await self.ensure_study(study.key)
             done += 1
         return done

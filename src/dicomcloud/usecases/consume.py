@@ -65,24 +65,17 @@ async def consume(
                 dead = await handler(records)
                 if dead:
                     await bus.publish(
-                        [
-                            (dead_letter_topic(d.record.topic), d.record.key, dead_letter_value(d))
-                            for d in dead
-                        ]
+                        [(dead_letter_topic(d.record.topic), d.record.key, dead_letter_value(d)) for d in dead]
                     )
                     for d in dead:
-                        log.warning(
-                            "dead-lettered %s@%s: %s", d.record.topic, d.record.offset, d.reason
-                        )
+                        log.warning("dead-lettered %s@%s: %s", d.record.topic, d.record.offset, d.reason)
                 await consumer.commit(records)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # Retry later: nothing committed, the batch comes again.
-                log.exception(
-                    "%s: batch of %d failed; retrying in %.1fs", group, len(records), backoff
-                )
+                log.exception("%s: batch of %d failed; retrying in %.1fs", group, len(records), backoff)
                 seek = getattr(consumer, "seek_to_committed", None)
                 if seek is not None:
                     await seek()

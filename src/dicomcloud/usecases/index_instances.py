@@ -54,9 +54,7 @@ class IndexInstances:
         self._index = index
         self._bus = bus
 
-    def _read_all(
-        self, records: list[Record]
-    ) -> tuple[list[tuple[InstanceStored, InstanceRecord]], list[DeadLetter]]:
+    def _read_all(self, records: list[Record]) -> tuple[list[tuple[InstanceStored, InstanceRecord]], list[DeadLetter]]:
         good: list[tuple[InstanceStored, InstanceRecord]] = []
         dead: list[DeadLetter] = []
         for record in records:

@@ -9,7 +9,7 @@ renamed into place *and* the InstanceStored event is durable on the bus
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from io import BytesIO
 
@@ -54,16 +54,35 @@ class ParsedPart10:
     sop_class_uid: str
     transfer_syntax_uid: str
     patient_id: str
+    file_size: int = 0
 
 
 def _after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
     return bool(tag > 0x0020000E)
 
 
+PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def normalize_part10(data: bytes | memoryview) -> bytes | memoryview:
+    """Tolerant when reading (PS3.10 §7.1): file meta without the 128-byte preamble
+    and 'DICM' prefix — what pydicom writes for an in-memory dataset, and so what
+    some STOW-RS clients send — gets them added; everything else is left as is."""
+    if len(data) >= 132 and bytes(data[128:132]) == b"DICM":
+        return data
+    if len(data) >= 4 and bytes(data[:4]) == b"DICM":
+        return b"\x00" * 128 + bytes(data)
+    if len(data) >= 8 and bytes(data[:2]) == b"\x02\x00" and bytes(data[4:6]).isalpha():
+        return PREAMBLE + bytes(data)  # explicit VR group 0002 element: file meta, no preamble
+    return data
+
+
 def parse_part10(data: bytes | memoryview, tenant_id: str) -> ParsedPart10:
     """Read just enough of a Part 10 file (PS3.10 §7) to file it. CPU-bound."""
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
-        raise MalformedDicom("not a DICOM Part 10 file: no 'DICM' prefix at byte 128")
+        raise MalformedDicom(
+            "not a DICOM Part 10 file: no 'DICM' prefix at byte 128 and no File Meta Information (0002,xxxx)"
+        )
     try:
         # Everything needed precedes (0020,000E): stop reading there.
         ds = read_partial(BytesIO(data), stop_when=_after_series_uid, defer_size=None)
@@ -119,11 +138,9 @@ class Ingest:
         """
         if len(data) > self._max:
             raise PayloadTooLarge(f"instance of {len(data)} bytes exceeds the limit of {self._max}")
+        data = normalize_part10(data)
         parsed = parse_part10(data, tenant_id)
-        if (
-            expected_study_instance_uid
-            and parsed.key.study_instance_uid != expected_study_instance_uid
-        ):
+        if expected_study_instance_uid and parsed.key.study_instance_uid != expected_study_instance_uid:
             raise DatasetMismatch(
                 f"StudyInstanceUID {parsed.key.study_instance_uid} does not match "
                 f"the study {expected_study_instance_uid} of the request"
@@ -142,16 +159,14 @@ class Ingest:
             self._blobs.write_atomic(instance_path(parsed.key), data, sync=False)
         except OSError as exc:
             raise Unavailable(f"could not write the instance: {exc.strerror or exc}") from exc
-        return parsed
+        return replace(parsed, file_size=len(data))
 
     def make_durable(self, parsed: ParsedPart10) -> None:
         """fsync the written file and its directory (blocking)."""
         try:
             self._blobs.sync(instance_path(parsed.key))
         except OSError as exc:
-            raise Unavailable(
-                f"could not make the instance durable: {exc.strerror or exc}"
-            ) from exc
+            raise Unavailable(f"could not make the instance durable: {exc.strerror or exc}") from exc
 
     async def publish(self, parsed: ParsedPart10, size: int, source: Source) -> StoredInstance:
         items, stored = self._event(parsed, size, source)
@@ -221,6 +236,6 @@ class Ingest:
             expected_sop_class_uid=expected_sop_class_uid,
         )
         stored, _ = await asyncio.gather(
-            self.publish(parsed, len(data), source), asyncio.to_thread(self.make_durable, parsed)
+            self.publish(parsed, parsed.file_size, source), asyncio.to_thread(self.make_durable, parsed)
         )
         return stored

@@ -36,9 +36,7 @@ def _upsert_sql(table: str, keys: list[str], cols: list[str], extra_update: str)
     )
 
 
-_PATIENT_UPSERT = _upsert_sql(
-    "patient", ["tenant_id", "patient_id"], _PATIENT_COLS, ", updated_at = now()"
-)
+_PATIENT_UPSERT = _upsert_sql("patient", ["tenant_id", "patient_id"], _PATIENT_COLS, ", updated_at = now()")
 _STUDY_UPSERT = _upsert_sql(
     "study",
     ["tenant_id", "study_instance_uid", "patient_id"],
@@ -95,9 +93,7 @@ class PostgresIndex:
     async def close(self) -> None:
         return None
 
-    async def apply(
-        self, records: Sequence[tuple[InstanceRecord, str]]
-    ) -> list[tuple[SeriesState, StudyState]]:
+    async def apply(self, records: Sequence[tuple[InstanceRecord, str]]) -> list[tuple[SeriesState, StudyState]]:
         latest: dict[InstanceKey, tuple[InstanceRecord, datetime]] = {}
         for record, received_at in records:
             when = datetime.fromisoformat(received_at)
@@ -146,9 +142,7 @@ class PostgresIndex:
                     *_row_values(_PATIENT_COLS, record.patient_values),
                     record.patient,
                 )
-            for study_key, record in sorted(
-                studies.items(), key=lambda kv: kv[0].study_instance_uid
-            ):
+            for study_key, record in sorted(studies.items(), key=lambda kv: kv[0].study_instance_uid):
                 await conn.execute(
                     _STUDY_UPSERT,
                     study_key.tenant_id,
@@ -158,9 +152,7 @@ class PostgresIndex:
                     record.study,
                 )
             series_rows = {}
-            for series_key, record in sorted(
-                by_series.items(), key=lambda kv: kv[0].series_instance_uid
-            ):
+            for series_key, record in sorted(by_series.items(), key=lambda kv: kv[0].series_instance_uid):
                 await conn.execute(
                     _SERIES_UPSERT,
                     series_key.tenant_id,
@@ -234,45 +226,48 @@ class PostgresIndex:
             key.study_instance_uid,
         )
         return [
-            _series_state(
-                SeriesKey(key.tenant_id, key.study_instance_uid, r["series_instance_uid"]), r
-            )
-            for r in rows
+            _series_state(SeriesKey(key.tenant_id, key.study_instance_uid, r["series_instance_uid"]), r) for r in rows
         ]
 
-    async def stale_series(self, limit: int, quiet_seconds: float = 0.0) -> list[SeriesState]:
+    async def stale_series(
+        self, limit: int, quiet_seconds: float = 0.0, max_delay_seconds: float = 0.0
+    ) -> list[SeriesState]:
         rows = await self._pool.fetch(
             f"""SELECT s.tenant_id, s.study_instance_uid, s.series_instance_uid, s.revision,
                        s.metadata_revision, s.number_of_series_related_instances,
                        coalesce(s.modality, '') AS modality, '' AS patient_id
                 FROM {INDEX}.series s WHERE s.revision > s.metadata_revision
-                  AND s.updated_at < now() - make_interval(secs => $2)
+                  AND (s.updated_at < now() - make_interval(secs => $2)
+                       OR s.metadata_built_at < now() - make_interval(secs => $3))
                 ORDER BY s.updated_at LIMIT $1""",
             limit,
             quiet_seconds,
+            max(max_delay_seconds, quiet_seconds),
         )
         return [
-            _series_state(
-                SeriesKey(r["tenant_id"], r["study_instance_uid"], r["series_instance_uid"]), r
-            )
-            for r in rows
+            _series_state(SeriesKey(r["tenant_id"], r["study_instance_uid"], r["series_instance_uid"]), r) for r in rows
         ]
 
-    async def stale_studies(self, limit: int, quiet_seconds: float = 0.0) -> list[StudyState]:
+    async def stale_studies(
+        self, limit: int, quiet_seconds: float = 0.0, max_delay_seconds: float = 0.0
+    ) -> list[StudyState]:
         rows = await self._pool.fetch(
             f"""SELECT tenant_id, study_instance_uid, patient_id, revision, metadata_revision,
                        number_of_study_related_series, number_of_study_related_instances
                 FROM {INDEX}.study WHERE revision > metadata_revision
-                  AND updated_at < now() - make_interval(secs => $2)
+                  AND (updated_at < now() - make_interval(secs => $2)
+                       OR metadata_built_at < now() - make_interval(secs => $3))
                 ORDER BY updated_at LIMIT $1""",
             limit,
             quiet_seconds,
+            max(max_delay_seconds, quiet_seconds),
         )
         return [_study_state(StudyKey(r["tenant_id"], r["study_instance_uid"]), r) for r in rows]
 
     async def mark_series_metadata(self, key: SeriesKey, revision: int) -> None:
         await self._pool.execute(
-            f"""UPDATE {INDEX}.series SET metadata_revision = greatest(metadata_revision, $4)
+            f"""UPDATE {INDEX}.series SET metadata_revision = greatest(metadata_revision, $4),
+                       metadata_built_at = now()
                 WHERE tenant_id = $1 AND study_instance_uid = $2 AND series_instance_uid = $3""",
             key.tenant_id,
             key.study_instance_uid,
@@ -282,7 +277,8 @@ class PostgresIndex:
 
     async def mark_study_metadata(self, key: StudyKey, revision: int) -> None:
         await self._pool.execute(
-            f"""UPDATE {INDEX}.study SET metadata_revision = greatest(metadata_revision, $3)
+            f"""UPDATE {INDEX}.study SET metadata_revision = greatest(metadata_revision, $3),
+                       metadata_built_at = now()
                 WHERE tenant_id = $1 AND study_instance_uid = $2""",
             key.tenant_id,
             key.study_instance_uid,

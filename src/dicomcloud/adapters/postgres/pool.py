@@ -23,8 +23,6 @@ async def _init(conn: asyncpg.Connection) -> None:
 
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> Any:
     try:
-        return await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, init=_init, command_timeout=60
-        )
+        return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init, command_timeout=60)
     except (OSError, asyncpg.PostgresError) as exc:
         raise Unavailable(f"PostgreSQL is not reachable: {exc}") from exc

@@ -61,6 +61,7 @@ CREATE TABLE {INDEX}.study (
   attrs json NOT NULL DEFAULT '{{}}',
   revision bigint NOT NULL DEFAULT 1,
   metadata_revision bigint NOT NULL DEFAULT 0,
+  metadata_built_at timestamptz NOT NULL DEFAULT '-infinity',
   created_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (tenant_id, study_instance_uid)
@@ -79,6 +80,7 @@ CREATE TABLE {INDEX}.series (
   attrs json NOT NULL DEFAULT '{{}}',
   revision bigint NOT NULL DEFAULT 1,
   metadata_revision bigint NOT NULL DEFAULT 0,
+  metadata_built_at timestamptz NOT NULL DEFAULT '-infinity',
   created_at timestamptz NOT NULL DEFAULT now(),
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (tenant_id, study_instance_uid, series_instance_uid)
@@ -159,13 +161,8 @@ async def migrate(conn: asyncpg.Connection) -> None:
             "CREATE TABLE IF NOT EXISTS public.dicomcloud_migrations "
             "(version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {
-            r["version"]
-            for r in await conn.fetch("SELECT version FROM public.dicomcloud_migrations")
-        }
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM public.dicomcloud_migrations")}
         for version, sql in MIGRATIONS:
             if version not in done:
                 await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO public.dicomcloud_migrations (version) VALUES ($1)", version
-                )
+                await conn.execute("INSERT INTO public.dicomcloud_migrations (version) VALUES ($1)", version)

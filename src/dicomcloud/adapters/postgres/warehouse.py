@@ -24,9 +24,7 @@ _KEYS = {
     "sop_instance_uid",
     "sop_class_uid",
 }
-_VALUE_COLS = [
-    a.column for a in STORED_STUDY + STORED_SERIES + STORED_INSTANCE if a.column not in _KEYS
-]
+_VALUE_COLS = [a.column for a in STORED_STUDY + STORED_SERIES + STORED_INSTANCE if a.column not in _KEYS]
 _IMAGE_COLS = [
     "tenant_id",
     "study_instance_uid",

@@ -37,9 +37,7 @@ async def on_error(request: Request, exc: Exception) -> Response:
     status = http_status(exc)
     if status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.reason)
-    return PlainTextResponse(
-        exc.reason + "\n", status_code=status, headers={"Warning": _warning(exc.reason)}
-    )
+    return PlainTextResponse(exc.reason + "\n", status_code=status, headers={"Warning": _warning(exc.reason)})
 
 
 async def health(request: Request) -> Response:

@@ -34,9 +34,28 @@ def tenant_prefix(tenant_id: str, default_tenant: str) -> str:
 
 
 def service_url(request: Request) -> str:
-    """Absolute base URL of the DICOMweb service this request addressed."""
-    base = str(request.base_url).rstrip("/")
-    return base + tenant_prefix(tenant_of(request), archive(request).settings.default_tenant)
+    """Absolute base URL of the DICOMweb service this request addressed.
+
+    From the Host header, with one repair: some clients send ``Host:
+    127.0.0.1`` without the port when talking to us directly on another
+    port, and URLs built from that would point at port 80. A portless Host
+    naming this very listener gets the configured base URL instead (a
+    portless public name, e.g. behind a proxy, is kept as sent).
+    """
+    settings = archive(request).settings
+    if settings.public_url:
+        base = settings.base_url
+    else:
+        host = request.headers.get("host", "")
+        port = host.rpartition("]")[2].partition(":")[2]
+        if not port and request.url.hostname in _LOCAL_NAMES | {settings.http_host}:
+            base = settings.base_url
+        else:
+            base = str(request.base_url).rstrip("/")
+    return base + tenant_prefix(tenant_of(request), settings.default_tenant)
+
+
+_LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 def path_uid(request: Request, name: str, keyword: str) -> str:

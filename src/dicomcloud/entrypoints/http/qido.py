@@ -68,8 +68,7 @@ def negotiate(accept_values: list[str]) -> str:
     if JSON in ranges:
         return JSON
     raise NotAcceptable(
-        f"QIDO-RS answers {DICOM_JSON} (or {JSON}); none is acceptable in "
-        f"Accept: {', '.join(accept_values)[:200]!r}"
+        f"QIDO-RS answers {DICOM_JSON} (or {JSON}); none is acceptable in Accept: {', '.join(accept_values)[:200]!r}"
     )
 
 
@@ -92,12 +91,8 @@ def _handler(level: Level) -> Callable[[Request], Awaitable[Response]]:
             level,
             context.tenant_of(request),
             params,
-            study_instance_uid=(
-                None if study is None else context.path_uid(request, "study", "StudyInstanceUID")
-            ),
-            series_instance_uid=(
-                None if series is None else context.path_uid(request, "series", "SeriesInstanceUID")
-            ),
+            study_instance_uid=(None if study is None else context.path_uid(request, "study", "StudyInstanceUID")),
+            series_instance_uid=(None if series is None else context.path_uid(request, "series", "SeriesInstanceUID")),
             default_limit=archive.settings.qido_default_limit,
             max_limit=archive.settings.qido_max_limit,
         )

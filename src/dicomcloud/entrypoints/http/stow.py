@@ -71,17 +71,13 @@ async def _read_body(request: Request, limit: int) -> bytearray:
         except ValueError:
             raise InvalidInput(f"Content-Length {declared!r} is not a number") from None
         if length > limit:
-            raise PayloadTooLarge(
-                f"the request body of {length} bytes exceeds the STOW-RS limit of {limit}"
-            )
+            raise PayloadTooLarge(f"the request body of {length} bytes exceeds the STOW-RS limit of {limit}")
     body = bytearray()
     try:
         async for chunk in request.stream():
             body += chunk
             if len(body) > limit:
-                raise PayloadTooLarge(
-                    f"the request body exceeds the STOW-RS limit of {limit} bytes"
-                )
+                raise PayloadTooLarge(f"the request body exceeds the STOW-RS limit of {limit} bytes")
     except ClientDisconnect:
         raise InvalidInput("the client disconnected before the request body was complete") from None
     return body
@@ -92,8 +88,7 @@ def _check_request_type(media: MediaType) -> None:
         return
     if media.essence != "multipart/related":
         raise UnsupportedMediaType(
-            f'STOW-RS accepts multipart/related; type="application/dicom" or application/dicom, '
-            f"not {media.essence}"
+            f'STOW-RS accepts multipart/related; type="application/dicom" or application/dicom, not {media.essence}'
         )
     part_type = media.param("type")
     if part_type is not None and part_type.strip().lower() != APPLICATION_DICOM:
@@ -115,9 +110,7 @@ def _parts(body: bytearray, content_type: str, media: MediaType) -> list[Part]:
 def _identify(data: bytes | memoryview) -> tuple[str | None, str | None]:
     """SOP Class and Instance UIDs of a part, if its header is readable at all."""
     try:
-        ds = dcmread(
-            BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"]
-        )
+        ds = dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
         sop_class = ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID")
         sop_instance = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
     except Exception:  # best effort for the failure report only
@@ -132,9 +125,7 @@ async def _store_part(
         try:
             media = part.media_type()
             if media is not None and media.essence != APPLICATION_DICOM:
-                raise UnsupportedMediaType(
-                    f"part {index} is {media.essence}; only application/dicom parts are stored"
-                )
+                raise UnsupportedMediaType(f"part {index} is {media.essence}; only application/dicom parts are stored")
             client = request.client
             source = Source(kind="stow", address=f"{client.host}:{client.port}" if client else "")
             return await archive(request).ingest.store(
@@ -147,10 +138,7 @@ async def _store_part(
 
 def _instance_url(base: str, stored: StoredInstance) -> str:
     key = stored.key
-    return (
-        f"{base}/studies/{key.study_instance_uid}/series/{key.series_instance_uid}"
-        f"/instances/{key.sop_instance_uid}"
-    )
+    return f"{base}/studies/{key.study_instance_uid}/series/{key.series_instance_uid}/instances/{key.sop_instance_uid}"
 
 
 def _response_body(
@@ -205,9 +193,7 @@ def _warning(host: str, text: str) -> str:
 
 async def store_instances(request: Request) -> Response:
     """PS3.18 §10.5 Store Instances; the Target Resource is all studies or one study."""
-    study = (
-        path_uid(request, "study", "StudyInstanceUID") if "study" in request.path_params else None
-    )
+    study = path_uid(request, "study", "StudyInstanceUID") if "study" in request.path_params else None
     content_type = request.headers.get("content-type")
     media = parse_content_type(content_type)
     _check_request_type(media)
@@ -215,9 +201,7 @@ async def store_instances(request: Request) -> Response:
     parts = _parts(body, content_type or "", media)
 
     gate = asyncio.Semaphore(CONCURRENCY)
-    results = await asyncio.gather(
-        *(_store_part(request, part, i, study, gate) for i, part in enumerate(parts, 1))
-    )
+    results = await asyncio.gather(*(_store_part(request, part, i, study, gate) for i, part in enumerate(parts, 1)))
     stored = [r for r in results if isinstance(r, StoredInstance)]
     failed = [r for r in results if isinstance(r, _Failure)]
 
@@ -231,9 +215,7 @@ async def store_instances(request: Request) -> Response:
         who = failure.sop_instance_uid or "an instance"
         response.headers.append("Warning", _warning(host, f"{who}: {failure.error.reason}"))
     if len(failed) > MAX_WARNINGS:
-        response.headers.append(
-            "Warning", _warning(host, f"{len(failed) - MAX_WARNINGS} more failures")
-        )
+        response.headers.append("Warning", _warning(host, f"{len(failed) - MAX_WARNINGS} more failures"))
     return response
 
 

@@ -73,9 +73,7 @@ def _needs_syntax_check(media: InstanceMedia) -> bool:
     return ANY_TRANSFER_SYNTAX not in media.transfer_syntaxes
 
 
-async def _instances_response(
-    request: Request, keys: Sequence[InstanceKey], *, single: bool
-) -> Response:
+async def _instances_response(request: Request, keys: Sequence[InstanceKey], *, single: bool) -> Response:
     a = archive(request)
     media = choose_instance_media(request.headers.get("accept"), single_part_allowed=single)
     paths = [str(a.blobs.absolute(instance_path(k))) for k in keys]
@@ -134,9 +132,7 @@ async def retrieve_series(request: Request) -> Response:
     key = _series(request)
     keys = await archive(request).index.instances(key)
     if not keys:
-        raise NotFound(
-            f"series {key.series_instance_uid} not found in study {key.study_instance_uid}"
-        )
+        raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
     return await _instances_response(request, keys, single=False)
 
 
@@ -156,14 +152,10 @@ def _metadata_response(request: Request, path: str, stored_base: str) -> Respons
     absolute = a.blobs.absolute(path)
     if base == stored_base and gz_ok:
         data = absolute.with_name(absolute.name + ".gz").read_bytes()
-        return Response(
-            data, media_type=media, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
-        )
+        return Response(data, media_type=media, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
     data = absolute.read_bytes()
     if base != stored_base:
-        data = data.replace(
-            f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode()
-        )
+        data = data.replace(f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode())
     if gz_ok and len(data) > 1024:
         return Response(
             gzip.compress(data, 1),
@@ -177,18 +169,14 @@ async def study_metadata(request: Request) -> Response:
     a = archive(request)
     key = _study(request)
     path = await a.metadata.ensure_study(key)
-    return await asyncio.to_thread(
-        _metadata_response, request, path, a.stored_service_url(key.tenant_id)
-    )
+    return await asyncio.to_thread(_metadata_response, request, path, a.stored_service_url(key.tenant_id))
 
 
 async def series_metadata(request: Request) -> Response:
     a = archive(request)
     key = _series(request)
     path = await a.metadata.ensure_series(key)
-    return await asyncio.to_thread(
-        _metadata_response, request, path, a.stored_service_url(key.tenant_id)
-    )
+    return await asyncio.to_thread(_metadata_response, request, path, a.stored_service_url(key.tenant_id))
 
 
 async def instance_metadata(request: Request) -> Response:
@@ -199,9 +187,7 @@ async def instance_metadata(request: Request) -> Response:
     data = orjson.dumps([obj])
     stored_base, base = a.stored_service_url(key.tenant_id), service_url(request)
     if base != stored_base:
-        data = data.replace(
-            f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode()
-        )
+        data = data.replace(f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode())
     return Response(data, media_type=media)
 
 
@@ -225,9 +211,7 @@ async def retrieve_frames(request: Request) -> Response:
     path = a.blobs.absolute(instance_path(key))
     result = await asyncio.to_thread(frames_mod.read_frames, path, numbers)
     stored_ts, frames = result.transfer_syntax_uid, result.frames
-    media = choose_frame_media(
-        request.headers.get("accept"), stored_ts, single_part_allowed=len(numbers) == 1
-    )
+    media = choose_frame_media(request.headers.get("accept"), stored_ts, single_part_allowed=len(numbers) == 1)
     if not media.multipart:
         return Response(bytes(frames[0]), media_type=media.part_content_type)
     boundary = new_boundary()
@@ -265,10 +249,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
         media = choose_frame_media(request.headers.get("accept"), stored_ts)
         boundary = new_boundary()
         body = b"".join(
-            bytes(c)
-            for c in encode_multipart_related(
-                [Part.of(media.part_content_type, f) for f in frames], boundary
-            )
+            bytes(c) for c in encode_multipart_related([Part.of(media.part_content_type, f) for f in frames], boundary)
         )
         return Response(body, media_type=multipart_related_type(media.media_type, boundary))
     try:
@@ -276,9 +257,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     except FileNotFoundError as exc:
         raise NotFound(f"instance {key.sop_instance_uid} not found") from exc
     boundary = new_boundary()
-    body = b"".join(
-        bytes(c) for c in encode_multipart_related([Part.of(OCTET_STREAM, value)], boundary)
-    )
+    body = b"".join(bytes(c) for c in encode_multipart_related([Part.of(OCTET_STREAM, value)], boundary))
     return Response(body, media_type=multipart_related_type(OCTET_STREAM, boundary))
 
 
