@@ -24,7 +24,12 @@ class BlobStore(Protocol):
     root: Path
 
     def write_atomic(
-        self, path: str, data: bytes | memoryview, *, mtime_ns: int | None = None, sync: bool = True
+        self,
+        path: str,
+        data: bytes | memoryview | Sequence[bytes | memoryview],
+        *,
+        mtime_ns: int | None = None,
+        sync: bool = True,
     ) -> int: ...
     def sync(self, path: str) -> None: ...
     def read(self, path: str) -> bytes: ...

@@ -191,3 +191,40 @@ def test_file_meta_without_preamble_is_accepted_and_normalised() -> None:
     assert parse_part10(normalised, "t").key.sop_instance_uid == dcmread(BytesIO(full)).SOPInstanceUID
     garbage = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"  # a dataset with no file meta: refused later
     assert normalize_part10(garbage) == garbage
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"],
+)
+def test_dimse_dataset_is_filed_and_wrapped_in_valid_file_meta(transfer_syntax: str) -> None:
+    """What storescp writes: our File Meta Information + the dataset bytes as received."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    from dicomcloud.domain.part10 import IMPLEMENTATION_CLASS_UID, file_meta, parse_dataset
+    from tests.factory import dataset_bytes, make_instance, part10_bytes
+
+    ds = make_instance(rows=8, columns=8, transfer_syntax=transfer_syntax)
+    dataset = dataset_bytes(part10_bytes(ds))
+    parsed = parse_dataset(dataset, transfer_syntax, "t")
+    assert parsed.key == InstanceKey("t", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert parsed.patient_id == ds.PatientID
+    written = file_meta(parsed.sop_class_uid, parsed.key.sop_instance_uid, transfer_syntax, "MODALITY1") + dataset
+    back = dcmread(BytesIO(written))
+    assert back.file_meta.TransferSyntaxUID == transfer_syntax
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert back.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert back.file_meta.SourceApplicationEntityTitle == "MODALITY1"
+    assert back.SOPInstanceUID == ds.SOPInstanceUID
+    assert back.PixelData == ds.PixelData
+
+
+def test_unreadable_dataset_is_malformed() -> None:
+    from dicomcloud.domain.part10 import parse_dataset
+
+    with pytest.raises((errors.MalformedDicom, errors.MissingAttribute)):  # truncated: nothing usable
+        parse_dataset(b"\x08\x00\x16\x00UI\xff\xff", "1.2.840.10008.1.2.1", "t")
+    with pytest.raises(errors.MalformedDicom):
+        parse_dataset(b"not deflate", "1.2.840.10008.1.2.1.99", "t")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from dicomcloud.domain.layout import INSTANCE_SUFFIX, SeriesKey, series_dir
@@ -29,7 +30,12 @@ class FileBlobStore:
         return self.root / path
 
     def write_atomic(
-        self, path: str, data: bytes | memoryview, *, mtime_ns: int | None = None, sync: bool = True
+        self,
+        path: str,
+        data: bytes | memoryview | Sequence[bytes | memoryview],
+        *,
+        mtime_ns: int | None = None,
+        sync: bool = True,
     ) -> int:
         """Write ``data`` at ``path`` atomically; ``sync`` also makes it durable.
 
@@ -41,11 +47,18 @@ class FileBlobStore:
         directory.mkdir(parents=True, exist_ok=True)
         tmp = directory / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        parts = (
+            [memoryview(data)] if isinstance(data, bytes | bytearray | memoryview) else [memoryview(p) for p in data]
+        )
+        total = sum(p.nbytes for p in parts)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            while parts:  # one writev for all parts; loop on short writes
+                written = os.writev(fd, parts)
+                while parts and written >= parts[0].nbytes:
+                    written -= parts[0].nbytes
+                    parts.pop(0)
+                if parts and written:
+                    parts[0] = parts[0][written:]
             if sync:
                 os.fsync(fd)
         except BaseException:
@@ -57,13 +70,13 @@ class FileBlobStore:
             os.utime(tmp, ns=(mtime_ns, mtime_ns))
         os.replace(tmp, target)
         if not sync:
-            return len(data)
+            return total
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        return len(data)
+        return total
 
     def sync(self, path: str) -> None:
         """Make a file written with ``sync=False`` durable: fsync it and its directory."""

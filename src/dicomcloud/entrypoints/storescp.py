@@ -39,7 +39,7 @@ def _status(code: int, comment: str = "") -> Dataset:
     return ds
 
 
-def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.AbstractEventLoop) -> Dataset:
+def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.AbstractEventLoop) -> Dataset | int:
     """EVT_C_STORE: the one handler that decides the status (runs in the association thread)."""
     assoc = event.assoc
     called = assoc.requestor.primitive.called_ae_title if assoc.requestor.primitive else ""
@@ -48,17 +48,18 @@ def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.A
     tenant_id = settings.tenant_for_called_ae(called_ae.strip())
     request = event.request
     try:
-        data = event.encoded_dataset()
-        parsed = ingest.write(
-            data,
+        parsed = ingest.write_dataset(
+            request.DataSet.getbuffer(),  # the dataset as received, not decoded
+            str(event.context.transfer_syntax),
             tenant_id,
-            expected_sop_instance_uid=str(request.AffectedSOPInstanceUID or "") or None,
-            expected_sop_class_uid=str(request.AffectedSOPClassUID or "") or None,
+            sop_class_uid=str(request.AffectedSOPClassUID or ""),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+            source_ae_title=calling_ae,
         )
         source = Source("dimse", calling_ae, called_ae.strip(), str(assoc.requestor.address))
         durable = _DURABILITY.submit(ingest.make_durable, parsed)  # overlaps the bus flush
         try:
-            ingest.publish_blocking(parsed, len(data), source)
+            ingest.publish_blocking(parsed, parsed.file_size, source)
         finally:
             durable.result(timeout=PUBLISH_TIMEOUT)
     except DicomCloudError as exc:
@@ -70,7 +71,7 @@ def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.A
     except Exception as exc:
         log.exception("C-STORE from %s failed", calling_ae)
         return _status(0x0110, f"processing failure: {type(exc).__name__}")
-    return _status(STATUS_SUCCESS)
+    return STATUS_SUCCESS
 
 
 def handle_echo(event: Any) -> int:

@@ -11,33 +11,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from io import BytesIO
-
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
-from pydicom.tag import BaseTag
-from pydicom.uid import UID
 
 from dicomcloud.domain.layout import InstanceKey, instance_path
 from dicomcloud.domain.messages import LOG_QUEUE, STORAGE_QUEUE, InstanceStored, Source, encode
-from dicomcloud.domain.uids import validate_tenant, validate_uid
-from dicomcloud.errors import (
-    DatasetMismatch,
-    DicomCloudError,
-    MalformedDicom,
-    MissingAttribute,
-    PayloadTooLarge,
-    Unavailable,
-)
+from dicomcloud.domain.part10 import ParsedPart10, file_meta, normalize_part10, parse_dataset, parse_part10
+from dicomcloud.errors import DatasetMismatch, DicomCloudError, PayloadTooLarge, Unavailable
 from dicomcloud.ports import BlobStore, Bus
-
-_HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "PatientID",
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,68 +27,29 @@ class StoredInstance:
     file_size: int
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedPart10:
-    key: InstanceKey
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    patient_id: str
-    file_size: int = 0
-
-
-def _after_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return bool(tag > 0x0020000E)
-
-
-PREAMBLE = b"\x00" * 128 + b"DICM"
-
-
-def normalize_part10(data: bytes | memoryview) -> bytes | memoryview:
-    """Tolerant when reading (PS3.10 §7.1): file meta without the 128-byte preamble
-    and 'DICM' prefix — what pydicom writes for an in-memory dataset, and so what
-    some STOW-RS clients send — gets them added; everything else is left as is."""
-    if len(data) >= 132 and bytes(data[128:132]) == b"DICM":
-        return data
-    if len(data) >= 4 and bytes(data[:4]) == b"DICM":
-        return b"\x00" * 128 + bytes(data)
-    if len(data) >= 8 and bytes(data[:2]) == b"\x02\x00" and bytes(data[4:6]).isalpha():
-        return PREAMBLE + bytes(data)  # explicit VR group 0002 element: file meta, no preamble
-    return data
-
-
-def parse_part10(data: bytes | memoryview, tenant_id: str) -> ParsedPart10:
-    """Read just enough of a Part 10 file (PS3.10 §7) to file it. CPU-bound."""
-    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
-        raise MalformedDicom(
-            "not a DICOM Part 10 file: no 'DICM' prefix at byte 128 and no File Meta Information (0002,xxxx)"
+def check_expected(
+    parsed: ParsedPart10,
+    *,
+    study_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    sop_class_uid: str | None = None,
+) -> None:
+    """The dataset must agree with what the request said it was (PS3.4 B.2.3, PS3.18 §10.5)."""
+    if study_instance_uid and parsed.key.study_instance_uid != study_instance_uid:
+        raise DatasetMismatch(
+            f"StudyInstanceUID {parsed.key.study_instance_uid} does not match "
+            f"the study {study_instance_uid} of the request"
         )
-    try:
-        # Everything needed precedes (0020,000E): stop reading there.
-        ds = read_partial(BytesIO(data), stop_when=_after_series_uid, defer_size=None)
-        tsuid = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-        values = {kw: ds.get(kw) for kw in _HEADER_TAGS}
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
-        raise MalformedDicom(f"unreadable DICOM: {exc}") from exc
-    except Exception as exc:
-        raise MalformedDicom(f"unreadable DICOM: {type(exc).__name__}: {exc}") from exc
-    if not tsuid:
-        raise MalformedDicom("file meta information has no TransferSyntaxUID (0002,0010)")
-    validate_uid(tsuid, "TransferSyntaxUID")
-    for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-        if values[kw] is None or str(values[kw]).strip() == "":
-            raise MissingAttribute(f"{kw} is missing or empty")
-    key = InstanceKey(
-        validate_tenant(tenant_id),
-        validate_uid(str(values["StudyInstanceUID"]), "StudyInstanceUID"),
-        validate_uid(str(values["SeriesInstanceUID"]), "SeriesInstanceUID"),
-        validate_uid(str(values["SOPInstanceUID"]), "SOPInstanceUID"),
-    )
-    return ParsedPart10(
-        key=key,
-        sop_class_uid=validate_uid(str(values["SOPClassUID"]), "SOPClassUID"),
-        transfer_syntax_uid=str(UID(tsuid)),
-        patient_id=str(values["PatientID"] or ""),
-    )
+    if sop_instance_uid and parsed.key.sop_instance_uid != sop_instance_uid:
+        raise DatasetMismatch(
+            f"SOPInstanceUID {parsed.key.sop_instance_uid} in the dataset differs from "
+            f"AffectedSOPInstanceUID {sop_instance_uid} of the request"
+        )
+    if sop_class_uid and parsed.sop_class_uid != sop_class_uid:
+        raise DatasetMismatch(
+            f"SOPClassUID {parsed.sop_class_uid} in the dataset differs from "
+            f"AffectedSOPClassUID {sop_class_uid} of the request"
+        )
 
 
 class Ingest:
@@ -126,40 +66,52 @@ class Ingest:
         tenant_id: str,
         *,
         expected_study_instance_uid: str | None = None,
-        expected_sop_instance_uid: str | None = None,
-        expected_sop_class_uid: str | None = None,
     ) -> ParsedPart10:
-        """Validate and write the file atomically, not yet durable (blocking; run in a thread).
+        """Validate a Part 10 file (STOW-RS) and write it atomically, not yet durable.
 
-        The caller makes it durable with :meth:`make_durable` *while* the event
-        is published, so the two flushes overlap; Success waits for both. Should
-        the process die in between, the sender got no Success and sends again;
-        a consumer that finds no file dead-letters the event.
+        Blocking: run in a thread. The caller makes the file durable with
+        :meth:`make_durable` *while* the event is published, so the two
+        flushes overlap; Success waits for both. Should the process die in
+        between, the sender got no Success and sends again.
         """
-        if len(data) > self._max:
-            raise PayloadTooLarge(f"instance of {len(data)} bytes exceeds the limit of {self._max}")
+        self._check_size(len(data))
         data = normalize_part10(data)
         parsed = parse_part10(data, tenant_id)
-        if expected_study_instance_uid and parsed.key.study_instance_uid != expected_study_instance_uid:
-            raise DatasetMismatch(
-                f"StudyInstanceUID {parsed.key.study_instance_uid} does not match "
-                f"the study {expected_study_instance_uid} of the request"
-            )
-        if expected_sop_instance_uid and parsed.key.sop_instance_uid != expected_sop_instance_uid:
-            raise DatasetMismatch(
-                f"SOPInstanceUID {parsed.key.sop_instance_uid} in the dataset differs from "
-                f"AffectedSOPInstanceUID {expected_sop_instance_uid} of the request"
-            )
-        if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
-            raise DatasetMismatch(
-                f"SOPClassUID {parsed.sop_class_uid} in the dataset differs from "
-                f"AffectedSOPClassUID {expected_sop_class_uid} of the request"
-            )
+        check_expected(parsed, study_instance_uid=expected_study_instance_uid)
+        self._write(parsed, [data])
+        return replace(parsed, file_size=len(data))
+
+    def write_dataset(
+        self,
+        dataset: bytes | memoryview,
+        transfer_syntax_uid: str,
+        tenant_id: str,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        source_ae_title: str = "",
+    ) -> ParsedPart10:
+        """Validate a C-STORE dataset and write it as a Part 10 file (blocking).
+
+        The File Meta Information is written by us (PS3.10 §7.1) and the
+        dataset bytes follow exactly as received, without being decoded.
+        """
+        self._check_size(len(dataset))
+        parsed = parse_dataset(dataset, transfer_syntax_uid, tenant_id)
+        check_expected(parsed, sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid)
+        meta = file_meta(parsed.sop_class_uid, parsed.key.sop_instance_uid, transfer_syntax_uid, source_ae_title)
+        self._write(parsed, [meta, dataset])
+        return replace(parsed, file_size=len(meta) + len(dataset))
+
+    def _check_size(self, size: int) -> None:
+        if size > self._max:
+            raise PayloadTooLarge(f"instance of {size} bytes exceeds the limit of {self._max}")
+
+    def _write(self, parsed: ParsedPart10, parts: list[bytes | memoryview]) -> None:
         try:
-            self._blobs.write_atomic(instance_path(parsed.key), data, sync=False)
+            self._blobs.write_atomic(instance_path(parsed.key), parts, sync=False)
         except OSError as exc:
             raise Unavailable(f"could not write the instance: {exc.strerror or exc}") from exc
-        return replace(parsed, file_size=len(data))
 
     def make_durable(self, parsed: ParsedPart10) -> None:
         """fsync the written file and its directory (blocking)."""
@@ -219,8 +171,6 @@ class Ingest:
         source: Source,
         *,
         expected_study_instance_uid: str | None = None,
-        expected_sop_instance_uid: str | None = None,
-        expected_sop_class_uid: str | None = None,
     ) -> StoredInstance:
         """Validate, write durably and publish one Part 10 instance.
 
@@ -232,8 +182,6 @@ class Ingest:
             data,
             tenant_id,
             expected_study_instance_uid=expected_study_instance_uid,
-            expected_sop_instance_uid=expected_sop_instance_uid,
-            expected_sop_class_uid=expected_sop_class_uid,
         )
         stored, _ = await asyncio.gather(
             self.publish(parsed, parsed.file_size, source), asyncio.to_thread(self.make_durable, parsed)

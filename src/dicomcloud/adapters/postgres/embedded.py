@@ -55,8 +55,7 @@ class EmbeddedPostgres:
             pgdata.parent.mkdir(parents=True, exist_ok=True)
             (pgdata.parent / "pg.location").write_text(f"{self.pgdata}\n")
             log.warning(
-                "%s is not reachable by the unprivileged user PostgreSQL runs as; "
-                "the embedded cluster lives in %s",
+                "%s is not reachable by the unprivileged user PostgreSQL runs as; the embedded cluster lives in %s",
                 pgdata,
                 self.pgdata,
             )
