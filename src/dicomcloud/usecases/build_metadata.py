@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +37,7 @@ from dicomcloud.errors import NotFound
 from dicomcloud.ports import BlobStore, Index
 
 SOP_INSTANCE_UID = "00080018"
+RECENT_SERIES = 32
 INSTANCE_NUMBER = "00200013"
 
 
@@ -57,6 +60,10 @@ class MetadataBuilder:
         self._index = index
         self._instance_url = instance_url
         self._locks: dict[object, asyncio.Lock] = {}
+        # Recently built series: (build start, SOP Instance UID -> DICOM JSON), so an
+        # incremental rebuild does not read back and parse its own previous file.
+        self._recent: OrderedDict[SeriesKey, tuple[int, dict[str, dict[str, Any]]]] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     # -- pure-ish work, run in a thread ------------------------------------
     def read_instance_json(self, key: InstanceKey) -> dict[str, Any]:
@@ -70,14 +77,18 @@ class MetadataBuilder:
     def _build_series_file(self, key: SeriesKey) -> int:
         started_ns = time.time_ns()
         meta_path = series_metadata_path(key)
-        previous: dict[str, dict[str, Any]] = {}
-        built_ns = 0
-        absolute = self._blobs.absolute(meta_path)
-        try:
-            built_ns = absolute.stat().st_mtime_ns
-            previous = {_sop_uid(o): o for o in orjson.loads(absolute.read_bytes())}
-        except (FileNotFoundError, orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            previous = {}
+        with self._recent_lock:
+            recent = self._recent.get(key)
+        if recent is not None:
+            built_ns, previous = recent
+        else:
+            previous, built_ns = {}, 0
+            absolute = self._blobs.absolute(meta_path)
+            try:
+                built_ns = absolute.stat().st_mtime_ns
+                previous = {_sop_uid(o): o for o in orjson.loads(absolute.read_bytes())}
+            except (FileNotFoundError, orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+                previous, built_ns = {}, 0
         objects = []
         for sop_uid in self._blobs.series_instance_uids(key):
             ikey = InstanceKey(key.tenant_id, key.study_instance_uid, key.series_instance_uid, sop_uid)
@@ -97,6 +108,11 @@ class MetadataBuilder:
         objects.sort(key=_order)
         data = orjson.dumps(objects)
         self._write(meta_path, data, started_ns)
+        with self._recent_lock:
+            self._recent[key] = (started_ns, {_sop_uid(o): o for o in objects})
+            self._recent.move_to_end(key)
+            while len(self._recent) > RECENT_SERIES:
+                self._recent.popitem(last=False)
         return len(objects)
 
     def _build_study_file(self, key: StudyKey, series: list[SeriesKey]) -> None:
@@ -112,7 +128,7 @@ class MetadataBuilder:
         self._write(study_metadata_path(key), b"[" + b",".join(parts) + b"]", started_ns)
 
     def _write(self, path: str, data: bytes, mtime_ns: int) -> None:
-        gz = gzip.compress(data, 6, mtime=0)
+        gz = gzip.compress(data, 1, mtime=0)  # DICOM JSON compresses ~20x even at level 1
         self._blobs.write_atomic(path + ".gz", gz, mtime_ns=mtime_ns, sync=False)
         self._blobs.write_atomic(path, data, mtime_ns=mtime_ns, sync=False)
 
