@@ -8,6 +8,7 @@ sees a partial file, and an acknowledged file survives a power cut.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +19,52 @@ from dicomcloud.domain.uids import is_valid_uid
 TMP_PREFIX = ".tmp-"
 
 
+class _DirectorySync:
+    """Coalesced directory fsyncs: one fsync serves every rename made before it began.
+
+    Several associations storing into one series folder would otherwise each
+    fsync the folder; here a caller waits for an fsync that *started* after
+    its rename, and whoever finds none running performs it for all waiting.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._started: dict[Path, int] = {}
+        self._done: dict[Path, int] = {}
+        self._running: set[Path] = set()
+
+    def sync(self, directory: Path) -> None:
+        with self._cond:
+            needed = self._started.get(directory, 0) + 1
+            while self._done.get(directory, 0) < needed:
+                if directory in self._running:
+                    self._cond.wait()
+                    continue
+                self._running.add(directory)
+                generation = self._started[directory] = self._started.get(directory, 0) + 1
+                self._cond.release()
+                try:
+                    fd = os.open(directory, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                finally:
+                    self._cond.acquire()
+                    self._running.discard(directory)
+                    self._cond.notify_all()
+                self._done[directory] = generation
+            if directory not in self._running and len(self._done) > 4096:
+                self._started.pop(directory, None)
+                self._done.pop(directory, None)
+
+
 class FileBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._dir_sync = _DirectorySync()
+        self._known_dirs: set[Path] = set()
 
     def absolute(self, path: str) -> Path:
         # Paths come from domain.layout (validated components); refuse anything else.
@@ -44,9 +87,18 @@ class FileBlobStore:
         """
         target = self.absolute(path)
         directory = target.parent
-        directory.mkdir(parents=True, exist_ok=True)
+        if directory not in self._known_dirs:
+            directory.mkdir(parents=True, exist_ok=True)
+            if len(self._known_dirs) > 10_000:
+                self._known_dirs.clear()
+            self._known_dirs.add(directory)
         tmp = directory / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:  # the folder was removed behind our back
+            self._known_dirs.discard(directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         parts = (
             [memoryview(data)] if isinstance(data, bytes | bytearray | memoryview) else [memoryview(p) for p in data]
         )
@@ -71,11 +123,7 @@ class FileBlobStore:
         os.replace(tmp, target)
         if not sync:
             return total
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._dir_sync.sync(directory)
         return total
 
     def sync(self, path: str) -> None:
@@ -86,11 +134,7 @@ class FileBlobStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        self._dir_sync.sync(target.parent)
 
     def read(self, path: str) -> bytes:
         return self.absolute(path).read_bytes()
