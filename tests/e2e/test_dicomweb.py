@@ -501,3 +501,25 @@ def test_stow_bytes_are_kept(archive: Archive, sent: list[Sent]) -> None:
         assert parts[0].content == data, "the received Part 10 file was not kept as it came"
         frames = get_parts(http, url + "/frames/2", OCTETS + "; transfer-syntax=*")
         assert [p.content for p in frames] == factory.frames(ds)[1:]
+
+
+def test_cors_preflight_and_exposed_headers(archive: Archive, sent: list[Sent]) -> None:
+    """A browser viewer (OHIF) on another origin may search and read."""
+    origin = "http://viewer.example"
+    with archive.http() as http:
+        pre = http.request(
+            "OPTIONS",
+            f"{archive.url}/studies",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "accept, authorization",
+            },
+        )
+        assert pre.status_code == 200, pre.text
+        assert pre.headers["access-control-allow-origin"] in ("*", origin)
+        assert "GET" in pre.headers["access-control-allow-methods"]
+        got = http.get(f"{archive.url}/studies", headers={"Origin": origin, "Accept": DICOM_JSON})
+        assert got.status_code == 200
+        assert got.headers["access-control-allow-origin"] in ("*", origin)
+        assert "warning" in got.headers["access-control-expose-headers"].lower()
