@@ -97,13 +97,15 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
         server_header=False,
     )
     try:
-        # Bound here, so that a port in use is our error, not uvicorn's sys.exit().
+        # Probe the address first, so that a port in use is our error rather than
+        # uvicorn's sys.exit(). (uvicorn binds it itself: given a ready socket, its
+        # uvloop transports would leave Nagle's algorithm on — 40 ms per response.)
         family = socket.getaddrinfo(s.http_host, s.http_port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.create_server((s.http_host, s.http_port), family=family, backlog=2048)
+        socket.create_server((s.http_host, s.http_port), family=family).close()
     except OSError as exc:
         raise Unavailable(f"the HTTP server could not listen on {s.http_host}:{s.http_port}: {exc.strerror}") from exc
     http = _Server(config)
-    task = asyncio.create_task(http.serve(sockets=[sock]))
+    task = asyncio.create_task(http.serve())
     while not http.started and not task.done():
         await asyncio.sleep(0.02)
     if task.done():
