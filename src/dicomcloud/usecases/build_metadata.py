@@ -19,6 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any
 
 import orjson
@@ -69,9 +70,10 @@ class MetadataBuilder:
     def read_instance_json(self, key: InstanceKey) -> dict[str, Any]:
         path = self._blobs.absolute(instance_path(key))
         try:
-            ds = dcmread(path, force=True)
+            data = path.read_bytes()  # one read; pydicom then parses from memory
         except FileNotFoundError as exc:
             raise NotFound(f"instance {key.sop_instance_uid} not found") from exc
+        ds = dcmread(BytesIO(data), force=True)
         return instance_json(ds, self._instance_url(key))
 
     def _build_series_file(self, key: SeriesKey) -> int:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
 
+from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
 
 from dicomcloud.domain.header import InstanceRecord
@@ -37,10 +39,24 @@ class DeadLetter:
     reason: str
 
 
+HEAD_BYTES = 256 * 1024
+
+
+def _read_header(path: Path) -> Dataset:
+    """The dataset up to Pixel Data, from one read of the file's head (few GIL hand-overs)."""
+    with open(path, "rb") as f:
+        head = f.read(HEAD_BYTES)
+    buffer = BytesIO(head)
+    ds = dcmread(buffer, stop_before_pixels=True)
+    if len(head) == HEAD_BYTES and buffer.tell() >= len(head) - 16:
+        ds = dcmread(path, stop_before_pixels=True)  # a header longer than the head
+    return ds
+
+
 def read_instance_record(path: Path, tenant_id: str, transfer_syntax_uid: str) -> InstanceRecord:
     """Header of a stored file → InstanceRecord (CPU + I/O; run in a thread)."""
     try:
-        ds = dcmread(path, stop_before_pixels=True)
+        ds = _read_header(path)
     except FileNotFoundError as exc:
         raise InvalidInput(f"stored file {path.name} is missing") from exc
     except Exception as exc:
