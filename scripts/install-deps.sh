@@ -54,6 +54,8 @@ for tool in storescu echoscu findscu; do
     command -v "$tool" >/dev/null 2>&1 || { missing+=(dcmtk); break; }
 done
 have_postgres || missing+=(postgresql)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)  # the Kafka broker (scripts/kafka.sh)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)                     # fetches the broker from Maven Central
 if [ ! -d .venv ] && ! find_python >/dev/null; then
     missing+=(python3.11 python3.11-venv)
 fi

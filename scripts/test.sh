@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command: install what is missing, start a throwaway PostgreSQL, then
+# The test command: install what is missing, start a throwaway PostgreSQL and a
+# single-node Kafka (scripts/kafka.sh, DICOMCLOUD_TEST_KAFKA), then
 # ruff, mypy and pytest over the whole tests/ tree. Exits non-zero if any step fails
 # (pytest's "no tests collected", exit 5, counts as a failure).
 #
@@ -45,7 +46,14 @@ stop_postgres() {
         rm -rf "$pg_dir"
     fi
 }
-trap stop_postgres EXIT
+kafka_dir=""
+stop_kafka() {
+    if [ -n "$kafka_dir" ] && [ -d "$kafka_dir" ]; then
+        bash "$repo/scripts/kafka.sh" stop "$kafka_dir" || true
+        rm -rf "$kafka_dir"
+    fi
+}
+trap 'stop_postgres; stop_kafka' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -69,6 +77,27 @@ start_postgres() {
 section "PostgreSQL"
 if [ -z "$pg_bin" ] || ! start_postgres; then
     echo "scripts/test.sh: FAILED: could not start a PostgreSQL cluster"
+    exit 1
+fi
+
+# --- throwaway Kafka (from Maven Central, KRaft, 127.0.0.1) ------------------------------
+
+start_kafka() {
+    local port t0 address
+    t0=$(date +%s)
+    bash scripts/kafka.sh fetch >/dev/null || return 1
+    echo "Kafka jars ready in $(($(date +%s) - t0)) s"
+    kafka_dir=$(mktemp -d /tmp/dicomcloud-kafka.XXXXXX) || return 1
+    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    t0=$(date +%s)
+    address=$(bash scripts/kafka.sh start "$kafka_dir" "$port") || return 1
+    export DICOMCLOUD_TEST_KAFKA="$address"
+    echo "Kafka on $address, started in $(($(date +%s) - t0)) s (data in $kafka_dir)"
+}
+
+section "Kafka"
+if ! start_kafka; then
+    echo "scripts/test.sh: FAILED: could not start a Kafka broker"
     exit 1
 fi
 

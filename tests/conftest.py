@@ -12,11 +12,26 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, on a thread of its own.
+
+    ``asyncio.run`` on the main thread would replace (and leak) the event loop
+    pytest-asyncio keeps there; its later garbage collection is a ResourceWarning,
+    an error under ``filterwarnings = error``.
+    """
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _with_database(url: str, name: str) -> str:
@@ -53,6 +68,6 @@ def database_url(pg_server_url: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    run_sync(run(f'CREATE DATABASE "{name}"'))
     yield _with_database(pg_server_url, name)
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_sync(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

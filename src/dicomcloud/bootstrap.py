@@ -59,8 +59,15 @@ class Archive:
 
 
 def _bus(settings: Settings) -> Bus:
+    if settings.bus_url.startswith("kafka://"):
+        from dicomcloud.adapters.kafka_bus import KafkaBus  # imported only when used
+
+        try:
+            return KafkaBus.from_url(settings.bus_url)
+        except ValueError as exc:
+            raise Unavailable(f"bus {settings.bus_url!r}: {exc}") from exc
     if settings.bus_url and not settings.bus_url.startswith("embedded"):
-        raise Unavailable(f"bus {settings.bus_url!r} is not supported yet (only the embedded journal)")
+        raise Unavailable(f"bus {settings.bus_url!r} is not supported (embedded or kafka://host:port)")
     return JournalBus(settings.data_dir / "bus")
 
 

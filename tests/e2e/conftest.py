@@ -12,7 +12,6 @@ other projects' clients, never from our own server code.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import os
@@ -32,6 +31,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from tests.conftest import _with_database, run_sync
 
 E2E_TIMEOUT = 60.0  # seconds for a start, a stop and for indexing to catch up
 STOP_TIMEOUT = 15.0
@@ -59,12 +60,6 @@ def dicomcloud_command() -> list[str]:
 # --- databases --------------------------------------------------------------------
 
 
-def _with_database(url: str, name: str) -> str:
-    base, sep, query = url.partition("?")
-    scheme_host, _, _db = base.rpartition("/")
-    return f"{scheme_host}/{name}{sep}{query}"
-
-
 def _admin(sql: str) -> None:
     import asyncpg
 
@@ -75,7 +70,7 @@ def _admin(sql: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    run_sync(run())
 
 
 @contextlib.contextmanager
