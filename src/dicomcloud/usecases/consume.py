@@ -76,9 +76,7 @@ async def consume(
             except Exception:
                 # Retry later: nothing committed, the batch comes again.
                 log.exception("%s: batch of %d failed; retrying in %.1fs", group, len(records), backoff)
-                seek = getattr(consumer, "seek_to_committed", None)
-                if seek is not None:
-                    await seek()
+                await consumer.seek_to_committed()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, max_backoff)
