@@ -28,7 +28,9 @@ class Settings:
     dimse_port: int = 11112
     ae_title: str = "DICOMCLOUD"
     database_url: str = ""  # empty: embedded PostgreSQL under data_dir/pg
-    bus_url: str = ""  # empty: embedded durable journal under data_dir/bus
+    bus_url: str = ""  # empty: embedded durable journal under data_dir/bus; kafka://host:port[?…]
+    redis_url: str = ""  # empty: in-process cache; redis://host:port/db
+    cache_ttl_seconds: int = 3600  # upper bound on how long any cached answer lives
     default_tenant: str = "default"
     # called AE title -> TenantID; a called AE not listed maps to default_tenant
     ae_tenants: Mapping[str, str] = field(default_factory=dict)
@@ -61,7 +63,7 @@ class Settings:
 
     def masked(self) -> dict[str, Any]:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in ("database_url", "bus_url"):
+        for name in ("database_url", "bus_url", "redis_url"):
             shown[name] = mask_url(str(shown[name]))
         return shown
 

@@ -169,6 +169,15 @@ async def test_closed_bus_refuses_to_publish(tmp_path: Path) -> None:
         await bus.publish([("a", "k", b"1")])
 
 
+async def test_second_process_cannot_open_the_same_journal(tmp_path: Path) -> None:
+    bus = JournalBus(tmp_path)
+    with pytest.raises(Unavailable, match="in use by another dicomcloud process"):
+        JournalBus(tmp_path)
+    await bus.close()
+    again = JournalBus(tmp_path)  # released on close
+    await again.close()
+
+
 # --- Kafka only ------------------------------------------------------------------------
 
 

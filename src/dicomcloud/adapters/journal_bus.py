@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import struct
 import threading
@@ -94,6 +95,7 @@ class JournalBus:
             self._loop = asyncio.get_running_loop()
         self._new_data = asyncio.Event()
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._journal_bytes = 0
         self._closed = False
         self._offsets_lock = asyncio.Lock()
@@ -104,6 +106,17 @@ class JournalBus:
     # -- durability -------------------------------------------------------
     def _open(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            # One process owns the journal: a second one would interleave appends and offsets.
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise Unavailable(
+                f"the embedded bus in {directory} is in use by another dicomcloud process "
+                "(services in separate processes need --bus kafka://host:port)"
+            ) from None
         offsets = directory / OFFSETS
         if offsets.exists():
             self._committed = {g: dict(t) for g, t in orjson.loads(offsets.read_bytes()).items()}
@@ -362,6 +375,9 @@ class JournalBus:
                 if self._fd is not None:
                     os.close(self._fd)
                     self._fd = None
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
 
         await asyncio.to_thread(shut)
         self._executor.shutdown(wait=False)

@@ -41,6 +41,16 @@ def _parser() -> argparse.ArgumentParser:
             "--database-url",
             help="postgresql://… ; empty: embedded server in the data dir [DICOMCLOUD_DATABASE_URL]",
         )
+        p.add_argument(
+            "--bus",
+            dest="bus_url",
+            help="kafka://host:port[?partitions=3&prefix=…] ; empty: embedded journal in the data dir "
+            "[DICOMCLOUD_BUS_URL]",
+        )
+        p.add_argument(
+            "--redis-url",
+            help="redis://host:port/db for the read cache; empty: in-process cache [DICOMCLOUD_REDIS_URL]",
+        )
         if name in ("up", "server"):
             p.add_argument("--http-host", help="[DICOMCLOUD_HTTP_HOST, 127.0.0.1]")
             p.add_argument("--http-port", type=int, help="[DICOMCLOUD_HTTP_PORT, 8080]")
