@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import uvicorn
 
 from dicomcloud.bootstrap import Archive
+from dicomcloud.domain.layout import StudyKey
 from dicomcloud.domain.messages import (
     DICOM_IMAGE_QUEUE,
     DICOM_STATE_QUEUE,
@@ -26,6 +28,7 @@ from dicomcloud.entrypoints.http.app import create_app
 from dicomcloud.entrypoints.storescp import StoreSCP
 from dicomcloud.errors import Unavailable
 from dicomcloud.usecases.consume import consume
+from dicomcloud.usecases.schedule_metadata import MetadataSchedule
 
 log = logging.getLogger(__name__)
 Service = Callable[[Archive, asyncio.Event], Coroutine[Any, Any, None]]
@@ -63,18 +66,37 @@ async def loader(archive: Archive, stop: asyncio.Event) -> None:
 
 
 async def webworker(archive: Archive, stop: asyncio.Event) -> None:
-    """Periodic scan for series whose metadata is behind their index state."""
-    while not stop.is_set():
-        try:
-            built = await archive.metadata.run_once(quiet_seconds=archive.settings.webworker_quiet_seconds)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("webworker scan failed; retrying")
-            built = 0
-        if not built:
+    """Metadata files, built soon after each series' last change (dicom_state_queue events,
+    debounced per series), with a periodic scan of the index as the safety net."""
+    s = archive.settings
+    schedule = MetadataSchedule(s.webworker_quiet_seconds, s.webworker_max_delay_seconds)
+    events = asyncio.create_task(consume(archive.bus, "webworker", [DICOM_STATE_QUEUE], schedule.handle, stop))
+    next_scan = 0.0
+    try:
+        while not stop.is_set() and not events.done():
+            due = schedule.due()
+            try:
+                studies: dict[StudyKey, None] = {}
+                for key in due:
+                    await archive.metadata.ensure_series(key)
+                    study = StudyKey(key.tenant_id, key.study_instance_uid)
+                    studies[study] = None
+                for study in studies:
+                    await archive.metadata.ensure_study(study)
+                if time.monotonic() >= next_scan:
+                    next_scan = time.monotonic() + s.webworker_interval
+                    await archive.metadata.run_once(
+                        quiet_seconds=s.webworker_quiet_seconds, max_delay_seconds=s.webworker_max_delay_seconds
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The index still says these series are behind: the next scan retries them.
+                log.exception("webworker: building metadata failed; the scan retries")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), archive.settings.webworker_interval)
+                await asyncio.wait_for(stop.wait(), 0.05)
+    finally:
+        await events
 
 
 class _Server(uvicorn.Server):
