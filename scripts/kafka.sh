@@ -195,6 +195,8 @@ EOF
             >"$dir/logs/format.log" 2>&1 || { cat "$dir/logs/format.log" >&2; die "kafka-storage format failed"; }
     fi
     local t0 timeout pid
+    # A restart on the same DIR: the "started" line below must be this start's.
+    if [ -f "$dir/logs/server.log" ]; then mv -f "$dir/logs/server.log" "$dir/logs/server.log.previous"; fi
     t0=$(date +%s)
     timeout=${KAFKA_START_TIMEOUT:-90}
     # setsid: the broker is not in the caller's process group (a Ctrl-C there goes to

@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -126,6 +127,32 @@ class _Delivery:
             self.done()
 
 
+class _Repeats(logging.Filter):
+    """librdkafka reports a broker that is away on every reconnect attempt, from every
+    client: one line per kind of complaint every ``seconds`` is enough."""
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        super().__init__()
+        self._seconds = seconds
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -1e9) < self._seconds:
+                return False
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[kind] = now
+        return True
+
+
+_LIBRDKAFKA_LOG = logging.getLogger("dicomcloud.kafka")
+_LIBRDKAFKA_LOG.addFilter(_Repeats())
+
+
 class KafkaBus:
     def __init__(self, options: KafkaOptions) -> None:
         self.options = options
@@ -134,7 +161,7 @@ class KafkaBus:
             "bootstrap.servers": options.bootstrap_servers,
             "socket.nagle.disable": True,  # ARCHITECTURE §8: Nagle costs ~40-90 ms per round trip
             "client.id": "dicomcloud",
-            "logger": logging.getLogger("dicomcloud.kafka"),  # librdkafka's own log, not stderr
+            "logger": _LIBRDKAFKA_LOG,  # librdkafka's own log, not stderr
         }
         self._producer_lock = threading.Lock()
         self._producer_failed = False
@@ -217,8 +244,8 @@ class KafkaBus:
             log.error("kafka producer failed for good, a new one is made: %s", _reason(error))
             with self._producer_lock:
                 self._producer_failed = True
-        else:
-            log.warning("kafka producer: %s", _reason(error))
+        elif _LIBRDKAFKA_LOG.filter(logging.makeLogRecord({"msg": self._last_error})):
+            log.warning("kafka producer: %s", self._last_error)
 
     def _current_producer(self) -> Producer:
         with self._producer_lock:
@@ -317,6 +344,10 @@ class KafkaBus:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
             "fetch.wait.max.ms": 100,
+            # A member that died without leaving (SIGKILL, OOM, power) holds its partitions
+            # until the broker stops hearing from it: 10 s, not librdkafka's 45 s.
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
         }
         return KafkaConsumer(self, config, tuple(topics))
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 
 from dicomcloud.domain.messages import dead_letter_topic
+from dicomcloud.errors import DicomCloudError
 from dicomcloud.ports import Bus, Record
 from dicomcloud.usecases.index_instances import DeadLetter
 
@@ -50,17 +51,49 @@ async def consume(
     linger: float = 0.0,
 ) -> None:
     """Consume ``topics`` as ``group`` until ``stop``; ``linger`` waits that long after
-    the first record of a batch for more, trading a little latency for fewer commits."""
+    the first record of a batch for more, trading a little latency for fewer commits.
+
+    Never gives up on a bus or store outage: a failed batch is delivered again once
+    the consumer could rewind to the committed offsets — nothing after a failed
+    batch is handled (let alone committed) before that — and a consumer whose polls
+    fail is replaced by a new one, after a backoff that grows to ``max_backoff``.
+    """
     consumer = bus.consumer(group, topics)
     backoff = 0.1
+    rewind = False
+
+    async def pause() -> None:
+        nonlocal backoff
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), backoff)
+        backoff = min(backoff * 2, max_backoff)
+
     try:
         while not stop.is_set():
-            records = await consumer.poll(max_records, poll_timeout)
+            if rewind:
+                try:
+                    await consumer.seek_to_committed()
+                    rewind = False
+                except Exception as exc:
+                    log.warning("%s: cannot rewind yet (%s); retrying in %.1fs", group, _reason(exc), backoff)
+                    await pause()
+                    continue
+            try:
+                records = await consumer.poll(max_records, poll_timeout)
+                if records and linger and len(records) < max_records:
+                    await asyncio.sleep(linger)
+                    records += await consumer.poll(max_records - len(records), 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s: poll failed (%s); a new consumer in %.1fs", group, _reason(exc), backoff)
+                with contextlib.suppress(Exception):
+                    await consumer.close()
+                await pause()
+                consumer = bus.consumer(group, topics)
+                continue
             if not records:
                 continue
-            if linger and len(records) < max_records:
-                await asyncio.sleep(linger)
-                records += await consumer.poll(max_records - len(records), 0)
             try:
                 dead = await handler(records)
                 if dead:
@@ -73,12 +106,19 @@ async def consume(
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # Retry later: nothing committed, the batch comes again.
-                log.exception("%s: batch of %d failed; retrying in %.1fs", group, len(records), backoff)
-                await consumer.seek_to_committed()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, max_backoff)
+            except Exception as exc:
+                # Retry later: nothing committed, the batch comes again after a rewind.
+                if isinstance(exc, DicomCloudError):
+                    log.warning("%s: batch of %d failed (%s); retrying in %.1fs", group, len(records), exc.reason,
+                                backoff)  # fmt: skip
+                else:
+                    log.exception("%s: batch of %d failed; retrying in %.1fs", group, len(records), backoff)
+                rewind = True
+                await pause()
     finally:
-        await consumer.close()
+        with contextlib.suppress(Exception):
+            await consumer.close()
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, DicomCloudError) else repr(exc)
