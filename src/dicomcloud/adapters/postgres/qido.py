@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from dicomcloud.adapters.postgres.pool import Pool
 from dicomcloud.adapters.postgres.schema import INDEX, WAREHOUSE
 from dicomcloud.domain.attributes import BY_TAG, INSTANCE_RETURN, SERIES_RETURN, STUDY_RETURN, Attribute, Level
 from dicomcloud.domain.header import normalize_time
@@ -229,7 +230,7 @@ def _assemble(
     return dict(sorted(result.items()))
 
 
-async def _fetch(pool: asyncpg.Pool, sql: str, args: list[Any]) -> list[asyncpg.Record]:
+async def _fetch(pool: Pool, sql: str, args: list[Any]) -> list[asyncpg.Record]:
     async with pool.acquire() as conn:
         rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
     return rows
@@ -241,7 +242,7 @@ def _result(query: QidoQuery, matches: list[JsonDict]) -> QidoResult:
     return QidoResult(matches, more=False)
 
 
-async def search_studies(pool: asyncpg.Pool, query: QidoQuery) -> QidoResult:
+async def search_studies(pool: Pool, query: QidoQuery) -> QidoResult:
     """Search for Studies (PS3.18 §10.6.1, Table 10.6.3-3)."""
     p = _Params()
     where = _where(query, p, lambda a: "st", [f"st.tenant_id = {p(query.tenant_id)}"])
@@ -266,7 +267,7 @@ def _series_alias(attr: Attribute) -> str:
     return "se" if attr.level is Level.SERIES else "st"
 
 
-async def search_series(pool: asyncpg.Pool, query: QidoQuery) -> QidoResult:
+async def search_series(pool: Pool, query: QidoQuery) -> QidoResult:
     """Search for Series (PS3.18 §10.6.1, Table 10.6.3-4): ``/series`` matches on
     and returns study attributes too; ``/studies/{study}/series`` series ones."""
     p = _Params()
@@ -298,7 +299,7 @@ async def search_series(pool: asyncpg.Pool, query: QidoQuery) -> QidoResult:
     return _result(query, matches)
 
 
-async def search_instances(pool: asyncpg.Pool, query: QidoQuery) -> QidoResult:
+async def search_instances(pool: Pool, query: QidoQuery) -> QidoResult:
     """Search for Instances (PS3.18 §10.6.1, Table 10.6.3-5) in the warehouse:
     ``/instances`` returns study, series and instance attributes,
     ``/studies/{study}/instances`` series and instance ones, and
