@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install what dicomcloud's tests need; safe to run again (does nothing when all is there).
 #
-#   - Debian packages: dcmtk (storescu, echoscu, findscu), postgresql (initdb, pg_ctl)
-#     and a Python 3.11 with venv. `apt-get update` runs only when something is missing.
+#   - Debian packages: dcmtk (storescu, echoscu, findscu), postgresql (initdb, pg_ctl),
+#     redis-server and a Python 3.11 with venv. `apt-get update` runs only when something is missing.
 #     Services are not started (and need not be: scripts/test.sh starts its own cluster).
 #   - .venv with Python 3.11 and `pip install -e '.[test]'`, skipped while the stamp
 #     (hash of pyproject.toml + interpreter) still matches.
@@ -56,6 +56,7 @@ done
 have_postgres || missing+=(postgresql)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)  # the Kafka broker (scripts/kafka.sh)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)                     # fetches the broker from Maven Central
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)     # the read cache's tests (scripts/test.sh)
 if [ ! -d .venv ] && ! find_python >/dev/null; then
     missing+=(python3.11 python3.11-venv)
 fi
@@ -67,9 +68,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "${missing[@]}" >/dev/null
 else
-    log "Debian packages present (dcmtk, postgresql)"
+    log "Debian packages present (dcmtk, postgresql, redis-server)"
 fi
 command -v storescu >/dev/null || { log "storescu still missing"; exit 1; }
+command -v redis-server >/dev/null || { log "redis-server still missing"; exit 1; }
 have_postgres || { log "PostgreSQL server binaries still missing"; exit 1; }
 
 # --- Python virtual environment ------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: install what is missing, start a throwaway PostgreSQL and a
-# single-node Kafka (scripts/kafka.sh, DICOMCLOUD_TEST_KAFKA), then
+# The test command: install what is missing, start a throwaway PostgreSQL, a
+# single-node Kafka (scripts/kafka.sh, DICOMCLOUD_TEST_KAFKA) and a Redis
+# without persistence (DICOMCLOUD_TEST_REDIS), then
 # ruff, mypy and pytest over the whole tests/ tree. Exits non-zero if any step fails
 # (pytest's "no tests collected", exit 5, counts as a failure).
 #
@@ -53,7 +54,22 @@ stop_kafka() {
         rm -rf "$kafka_dir"
     fi
 }
-trap 'stop_postgres; stop_kafka' EXIT
+redis_dir=""
+stop_redis() {
+    if [ -n "$redis_dir" ] && [ -d "$redis_dir" ]; then
+        local pid
+        pid=$(cat "$redis_dir/redis.pid" 2>/dev/null) || pid=""
+        if [ -n "$pid" ]; then
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 50); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+        fi
+        rm -rf "$redis_dir"
+    fi
+}
+trap 'stop_postgres; stop_kafka; stop_redis' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -98,6 +114,32 @@ start_kafka() {
 section "Kafka"
 if ! start_kafka; then
     echo "scripts/test.sh: FAILED: could not start a Kafka broker"
+    exit 1
+fi
+
+# --- throwaway Redis (no persistence, 127.0.0.1) -----------------------------------------
+
+start_redis() {
+    local port
+    redis_dir=$(mktemp -d /tmp/dicomcloud-redis.XXXXXX) || return 1
+    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$redis_dir" --save "" --appendonly no \
+        --daemonize yes --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log" || return 1
+    for _ in $(seq 100); do
+        if redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG; then
+            export DICOMCLOUD_TEST_REDIS="redis://127.0.0.1:$port/0"
+            echo "Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2) on 127.0.0.1:$port (in $redis_dir)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    cat "$redis_dir/redis.log"
+    return 1
+}
+
+section "Redis"
+if ! start_redis; then
+    echo "scripts/test.sh: FAILED: could not start a Redis server"
     exit 1
 fi
 

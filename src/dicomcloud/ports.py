@@ -133,3 +133,39 @@ class Warehouse(Protocol):
     async def load_store_log(self, rows: Sequence[InstanceStored]) -> None: ...
     async def search_instances(self, query: QidoQuery) -> QidoResult: ...
     async def close(self) -> None: ...
+
+
+class Cache(Protocol):
+    """A shared store of short-lived bytes and counters (Redis; in-process when embedded).
+
+    Anything may vanish before its TTL (eviction), so a reader treats a missing
+    value as unknown, never as "nothing there". Every failure raises
+    :class:`dicomcloud.errors.Unavailable`.
+    """
+
+    @property
+    def incarnation(self) -> str:
+        """The lifetime of the stored data: it changes whenever values written
+        before may have been lost or rolled back (a restart, a restore from a
+        snapshot, a failover). Updated before the first command of a new
+        connection is sent; "" until the first connection."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The values of ``keys`` (a counter as its decimal digits), None where absent."""
+        ...
+
+    async def set(self, key: str, value: bytes, ttl_seconds: int | None) -> None:
+        """Store ``value``; ``ttl_seconds=None``: no expiry (eviction may still drop it)."""
+        ...
+
+    async def incr_many(self, keys: Sequence[str], ttl_seconds: int | None) -> list[int]:
+        """Increment counters and (re)set their TTL; the new values.
+
+        A missing counter starts from an unpredictable large value, not from 0,
+        so that a counter that vanished and is created again does not repeat a
+        value it had before.
+        """
+        ...
+
+    async def close(self) -> None: ...

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,7 @@ class Archive:
     log_path: Path
     env: dict[str, str]
     ae_title: str = "DICOMCLOUD"
+    args: list[str] = field(default_factory=list)  # further options of ``dicomcloud up``
     process: subprocess.Popen[bytes] | None = None
     exit_codes: list[int] = field(default_factory=list)
 
@@ -151,6 +152,7 @@ class Archive:
         ]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
+        cmd += self.args
         env = {**os.environ, "DICOMCLOUD_DIMSE_HOST": "127.0.0.1", **self.env}
         with self.log_path.open("ab") as log:
             log.write(f"\n$ {' '.join(cmd)}\n".encode())
@@ -209,7 +211,7 @@ class Archive:
 
 @contextlib.contextmanager
 def running_archive(
-    base: Path, env: Mapping[str, str] | None = None, database_url: str | None = None
+    base: Path, env: Mapping[str, str] | None = None, database_url: str | None = None, args: Sequence[str] = ()
 ) -> Iterator[Archive]:
     """Start an archive under ``base``; stop it (asserting exit 0) afterwards."""
     with contextlib.ExitStack() as stack:
@@ -230,6 +232,7 @@ def running_archive(
             dimse_port=free_port(),
             log_path=base / "dicomcloud.log",
             env=dict(env or {}),
+            args=list(args),
         )
         archive.start()
         try:
@@ -247,14 +250,14 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
 
 @pytest.fixture
 def start_archive(tmp_path: Path) -> Iterator[Callable[..., Archive]]:
-    """Start archives of this test's own (``env`` adds environment variables)."""
+    """Start archives of this test's own (``env`` adds environment variables, ``args`` options)."""
     with contextlib.ExitStack() as stack:
         count = 0
 
-        def start(env: Mapping[str, str] | None = None) -> Archive:
+        def start(env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> Archive:
             nonlocal count
             count += 1
-            return stack.enter_context(running_archive(tmp_path / f"archive{count}", env))
+            return stack.enter_context(running_archive(tmp_path / f"archive{count}", env, args=args))
 
         yield start
 

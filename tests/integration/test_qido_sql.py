@@ -28,6 +28,7 @@ from dicomcloud.domain.qido import QidoQuery, QidoResult, parse_qido
 from dicomcloud.entrypoints.http.qido import routes
 from dicomcloud.errors import DicomCloudError, http_status
 from dicomcloud.settings import Settings
+from dicomcloud.usecases.read_cache import ReadCache
 from dicomcloud.usecases.search import search
 
 pytestmark = pytest.mark.integration
@@ -493,6 +494,7 @@ async def client(pool: Any) -> AsyncIterator[httpx.AsyncClient]:
         settings=Settings(default_tenant="t1", qido_default_limit=3, qido_max_limit=10),
         index=_Index(pool),
         warehouse=_Warehouse(pool),
+        cache=ReadCache(None, 3600),  # answers computed every time (tests/integration/test_read_cache.py caches)
     )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:

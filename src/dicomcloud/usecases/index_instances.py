@@ -5,7 +5,9 @@ loop), upsert patient/study/series state in the index, then publish
 DicomImageMeta (every instance) and DicomStateMeta (every changed series).
 Outcomes are named: a record is *done*, or *dead-lettered* with its reason
 (a file that cannot be read will never succeed); a store failure raises so
-that the whole batch is *retried later*, uncommitted.
+that the whole batch is *retried later*, uncommitted. Last, the read cache's
+generations of the batch's studies move (``usecases/read_cache.py``); a cache
+that cannot be reached is a store failure too.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dicomcloud.domain.messages import (
 )
 from dicomcloud.errors import DicomCloudError, InvalidInput
 from dicomcloud.ports import BlobStore, Bus, Index, Record
+from dicomcloud.usecases.read_cache import ReadCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +68,11 @@ def read_instance_record(path: Path, tenant_id: str, transfer_syntax_uid: str) -
 
 
 class IndexInstances:
-    def __init__(self, blobs: BlobStore, index: Index, bus: Bus) -> None:
+    def __init__(self, blobs: BlobStore, index: Index, bus: Bus, cache: ReadCache | None = None) -> None:
         self._blobs = blobs
         self._index = index
         self._bus = bus
+        self._cache = cache
 
     def _read_all(self, records: list[Record]) -> tuple[list[tuple[InstanceStored, InstanceRecord]], list[DeadLetter]]:
         good: list[tuple[InstanceStored, InstanceRecord]] = []
@@ -131,4 +135,8 @@ class IndexInstances:
             )
             out.append((DICOM_STATE_QUEUE, series.key.study_instance_uid, encode(state)))
         await self._bus.publish(out)
+        if self._cache is not None:
+            # Last, once the index is committed; every study of the batch, changed or not:
+            # a redelivered batch (say, after this very call failed) changes no row.
+            await self._cache.invalidate({(event.tenant_id, event.study_instance_uid) for event, _ in good})
         return dead

@@ -1,7 +1,9 @@
 """The loader's use case: batches from the bus into the warehouse (ARCHITECTURE §2 ``loader``).
 
 Each message type goes to its table in one batch (Doris: one Stream Load).
-Loads are idempotent upserts, so a retried batch changes nothing.
+Loads are idempotent upserts, so a retried batch changes nothing. Then the
+read cache's generations of the loaded instances' studies move; a cache that
+cannot be reached raises, and the batch is retried.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from dicomcloud.domain.messages import DicomImageMeta, DicomStateMeta, InstanceS
 from dicomcloud.errors import InvalidInput
 from dicomcloud.ports import Record, Warehouse
 from dicomcloud.usecases.index_instances import DeadLetter
+from dicomcloud.usecases.read_cache import ReadCache
 
 
 class LoadWarehouse:
-    def __init__(self, warehouse: Warehouse) -> None:
+    def __init__(self, warehouse: Warehouse, cache: ReadCache | None = None) -> None:
         self._warehouse = warehouse
+        self._cache = cache
 
     async def handle(self, records: list[Record]) -> list[DeadLetter]:
         images: list[DicomImageMeta] = []
@@ -36,4 +40,7 @@ class LoadWarehouse:
         await self._warehouse.load_image_meta(images)
         await self._warehouse.load_state_meta(states)
         await self._warehouse.load_store_log(stored)
+        if self._cache is not None:
+            # Instance searches read the warehouse: their answers move once it is loaded.
+            await self._cache.invalidate({(m.tenant_id, m.study_instance_uid) for m in images})
         return dead

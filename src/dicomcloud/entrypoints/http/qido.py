@@ -15,6 +15,11 @@ Only DICOM JSON is offered: an Accept that excludes ``application/dicom+json``,
 ``multipart/related; type="application/dicom+xml"``) gets 406 with the reason.
 The ``accept`` query parameter (PS3.18 §8.3.3.1), when present, overrides the
 header.
+
+Answers go through the read cache (``usecases/read_cache.py``), under the
+generation of the study in the path, or of the tenant for ``/studies``,
+``/series`` and ``/instances``; the key holds the canonical query, the media
+type and the service URL the Retrieve URLs are written under.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomcloud.domain.attributes import Level
-from dicomcloud.domain.qido import parse_qido
+from dicomcloud.domain.qido import QidoQuery, format_qido, parse_qido
 from dicomcloud.entrypoints.http import context
 from dicomcloud.errors import NotAcceptable
 from dicomcloud.usecases.search import search
@@ -77,6 +82,17 @@ def _warning(request: Request) -> str:
     return f'299 {agent}: "{MORE_RESULTS}"'
 
 
+def _canonical(query: QidoQuery) -> list[str]:
+    """What a search answer depends on in ``query``, in one order whatever the
+    order of the request's parameters (each key appears once, PS3.18 §8.3.4.1)."""
+    return [
+        query.level.value,
+        query.study_instance_uid or "",
+        query.series_instance_uid or "",
+        *sorted(f"{name}={value}" for name, value in format_qido(query)),
+    ]
+
+
 def _handler(level: Level) -> Callable[[Request], Awaitable[Response]]:
     async def handle(request: Request) -> Response:
         items = request.query_params.multi_items()
@@ -96,11 +112,23 @@ def _handler(level: Level) -> Callable[[Request], Awaitable[Response]]:
             default_limit=archive.settings.qido_default_limit,
             max_limit=archive.settings.qido_max_limit,
         )
-        result = await search(archive.index, archive.warehouse, query, context.service_url(request))
-        headers = {"Warning": _warning(request)} if result.more else {}
-        if not result.matches:
+        retrieve_base = context.service_url(request)
+
+        async def compute() -> bytes:
+            result = await search(archive.index, archive.warehouse, query, retrieve_base)
+            return (b"1" if result.more else b"0") + (orjson.dumps(result.matches) if result.matches else b"")
+
+        answer = await archive.cache.fetch(
+            query.tenant_id,
+            query.study_instance_uid,  # a study in the path: the study's generation
+            "qido",
+            [*_canonical(query), media_type, retrieve_base],
+            compute,
+        )
+        headers = {"Warning": _warning(request)} if answer[:1] == b"1" else {}
+        if len(answer) == 1:
             return Response(status_code=EMPTY_STATUS, headers=headers)
-        return Response(orjson.dumps(result.matches), media_type=media_type, headers=headers)
+        return Response(answer[1:], media_type=media_type, headers=headers)
 
     handle.__name__ = f"search_for_{level.name.lower()}"
     return handle

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import os
+import re
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import orjson
 from pydicom.filereader import dcmread, read_file_meta_info
@@ -141,42 +144,93 @@ async def retrieve_instance(request: Request) -> Response:
 
 
 # --- metadata ------------------------------------------------------------------------
+#
+# Series and study metadata are answered from the read cache when warm (no database,
+# no file): the entry is the ETag and the gzip bytes as served under the request's
+# base URL, stored under the study's generation (usecases/read_cache.py).
 
 
-def _metadata_response(request: Request, path: str, stored_base: str) -> Response:
-    """Serve a metadata file; BulkDataURIs are rewritten when addressed under another base."""
-    a = archive(request)
-    media = choose_metadata_media(request.headers.get("accept"))
-    base = service_url(request)
-    gz_ok = "gzip" in request.headers.get("accept-encoding", "")
-    absolute = a.blobs.absolute(path)
-    if base == stored_base and gz_ok:
-        data = absolute.with_name(absolute.name + ".gz").read_bytes()
-        return Response(data, media_type=media, headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
-    data = absolute.read_bytes()
+def metadata_etag(stored_gz: bytes, base: str) -> str:
+    """A weak entity-tag (RFC 9110 §8.8.3) of a metadata answer: a hash of the stored
+    ``.json.gz`` and the base its BulkDataURIs are written under. Content only, so
+    every server process gives the same one, with or without a cache. Weak: the
+    gzip and identity encodings of one answer share it."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(base.encode())
+    h.update(b"\0")
+    h.update(stored_gz)
+    return f'W/"{h.hexdigest()}"'
+
+
+_ENTITY_TAG = re.compile(r'(?:W/)?"[^"]*"')
+
+
+def none_match(if_none_match: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` matches ``etag`` by weak comparison (RFC 9110 §13.1.2)."""
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(m.group(0).removeprefix("W/") == opaque for m in _ENTITY_TAG.finditer(if_none_match))
+
+
+def _metadata_entry(path: Path, base: str, stored_base: str) -> bytes:
+    """ETag, newline, gzip bytes of the answer under ``base`` (from one read of the
+    ``.json.gz``, so that the tag always describes the body)."""
+    stored_gz = path.with_name(path.name + ".gz").read_bytes()
+    gz = stored_gz
     if base != stored_base:
+        data = gzip.decompress(stored_gz)
         data = data.replace(f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode())
-    if gz_ok and len(data) > 1024:
-        return Response(
-            gzip.compress(data, 1),
-            media_type=media,
-            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
-        )
-    return Response(data, media_type=media, headers={"Vary": "Accept-Encoding"})
+        gz = gzip.compress(data, 1, mtime=0)
+    return metadata_etag(stored_gz, base).encode() + b"\n" + gz
+
+
+def _not_modified(etag: str) -> Response:
+    return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"})
+
+
+async def _metadata_answer(request: Request, media: str, entry: bytes) -> Response:
+    tag, _, gz = entry.partition(b"\n")
+    etag = tag.decode()
+    if none_match(request.headers.get("if-none-match"), etag):
+        return _not_modified(etag)
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        return Response(gz, media_type=media, headers={**headers, "Content-Encoding": "gzip"})
+    data = await asyncio.to_thread(gzip.decompress, gz) if len(gz) > 64 * 1024 else gzip.decompress(gz)
+    return Response(data, media_type=media, headers=headers)
 
 
 async def study_metadata(request: Request) -> Response:
     a = archive(request)
     key = _study(request)
-    path = await a.metadata.ensure_study(key)
-    return await asyncio.to_thread(_metadata_response, request, path, a.stored_service_url(key.tenant_id))
+    media = choose_metadata_media(request.headers.get("accept"))
+    base, stored_base = service_url(request), a.stored_service_url(key.tenant_id)
+
+    async def compute() -> bytes:
+        path = await a.metadata.ensure_study(key)
+        return await asyncio.to_thread(_metadata_entry, a.blobs.absolute(path), base, stored_base)
+
+    entry = await a.cache.fetch(key.tenant_id, key.study_instance_uid, "md", ["study", base], compute)
+    return await _metadata_answer(request, media, entry)
 
 
 async def series_metadata(request: Request) -> Response:
     a = archive(request)
     key = _series(request)
-    path = await a.metadata.ensure_series(key)
-    return await asyncio.to_thread(_metadata_response, request, path, a.stored_service_url(key.tenant_id))
+    media = choose_metadata_media(request.headers.get("accept"))
+    base, stored_base = service_url(request), a.stored_service_url(key.tenant_id)
+
+    async def compute() -> bytes:
+        path = await a.metadata.ensure_series(key)
+        return await asyncio.to_thread(_metadata_entry, a.blobs.absolute(path), base, stored_base)
+
+    entry = await a.cache.fetch(
+        key.tenant_id, key.study_instance_uid, "md", ["series", key.series_instance_uid, base], compute
+    )
+    return await _metadata_answer(request, media, entry)
 
 
 async def instance_metadata(request: Request) -> Response:
@@ -188,7 +242,10 @@ async def instance_metadata(request: Request) -> Response:
     stored_base, base = a.stored_service_url(key.tenant_id), service_url(request)
     if base != stored_base:
         data = data.replace(f'"BulkDataURI":"{stored_base}/'.encode(), f'"BulkDataURI":"{base}/'.encode())
-    return Response(data, media_type=media)
+    etag = f'W/"{hashlib.blake2b(data, digest_size=16).hexdigest()}"'
+    if none_match(request.headers.get("if-none-match"), etag):
+        return _not_modified(etag)
+    return Response(data, media_type=media, headers={"ETag": etag, "Cache-Control": "no-cache"})
 
 
 # --- bulk data and frames ------------------------------------------------------------
