@@ -10,20 +10,22 @@ import asyncpg
 
 from dicomcloud.adapters.filesystem import FileBlobStore
 from dicomcloud.adapters.journal_bus import JournalBus
+from dicomcloud.adapters.memory_cache import MemoryCache
 from dicomcloud.adapters.postgres.embedded import EmbeddedPostgres
 from dicomcloud.adapters.postgres.index import PostgresIndex
-from dicomcloud.adapters.postgres.pool import create_pool
+from dicomcloud.adapters.postgres.pool import NoDatabase, Pool, create_pool
 from dicomcloud.adapters.postgres.schema import migrate
 from dicomcloud.adapters.postgres.warehouse import PostgresWarehouse
 from dicomcloud.domain.layout import InstanceKey
 from dicomcloud.entrypoints.http.context import tenant_prefix
 from dicomcloud.errors import Unavailable
-from dicomcloud.ports import BlobStore, Bus, Index, Warehouse
-from dicomcloud.settings import Settings
+from dicomcloud.ports import BlobStore, Bus, Cache, Index, Warehouse
+from dicomcloud.settings import Settings, mask_url
 from dicomcloud.usecases.build_metadata import MetadataBuilder
 from dicomcloud.usecases.index_instances import IndexInstances
 from dicomcloud.usecases.ingest import Ingest
 from dicomcloud.usecases.load_warehouse import LoadWarehouse
+from dicomcloud.usecases.read_cache import ReadCache
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class Archive:
     index_instances: IndexInstances
     load_warehouse: LoadWarehouse
     database_url: str
+    cache: ReadCache
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     def instance_url(self, key: InstanceKey) -> str:
@@ -71,23 +74,55 @@ def _bus(settings: Settings) -> Bus:
     return JournalBus(settings.data_dir / "bus")
 
 
-async def open_archive(settings: Settings) -> Archive:
+def _cache(settings: Settings) -> Cache | None:
+    """Redis when configured; else an in-process cache, but only when every writer
+    runs in this process (the embedded bus is owned by one process): a process's
+    own cache would never hear of another process's writes."""
+    if settings.redis_url:
+        from dicomcloud.adapters.redis_cache import RedisCache  # imported only when used
+
+        try:
+            return RedisCache(settings.redis_url)
+        except ValueError as exc:
+            raise Unavailable(f"cache {mask_url(settings.redis_url)!r}: {exc}") from exc
+    if not settings.bus_url or settings.bus_url.startswith("embedded"):
+        return MemoryCache()
+    log.warning("no --redis-url with a distributed bus: read answers are not cached")
+    return None
+
+
+async def _database(settings: Settings, stack: AsyncExitStack, needed: bool) -> tuple[Pool, str]:
+    """The pool; a service that does not need the database neither starts nor waits for one."""
+    database_url = settings.database_url
+    if not needed:
+        if not database_url:
+            return NoDatabase("this service runs without a database"), ""
+        pool = await create_pool(database_url, min_size=0)  # connects on first use only
+        stack.push_async_callback(pool.close)
+        return pool, database_url
+    if not database_url:
+        embedded = EmbeddedPostgres(settings.data_dir / "pg")
+        database_url = embedded.start()
+        stack.callback(embedded.stop)
+    pool = await create_pool(database_url)
+    stack.push_async_callback(pool.close)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    return pool, database_url
+
+
+async def open_archive(settings: Settings, *, database: bool = True) -> Archive:
+    """Open the stores for a set of services; ``database=False`` for those that need none (storescp)."""
     stack = AsyncExitStack()
     try:
-        database_url = settings.database_url
-        if not database_url:
-            embedded = EmbeddedPostgres(settings.data_dir / "pg")
-            database_url = embedded.start()
-            stack.callback(embedded.stop)
-        pool = await create_pool(database_url)
-        stack.push_async_callback(pool.close)
-        async with pool.acquire() as conn:
-            await migrate(conn)
+        pool, database_url = await _database(settings, stack, database)
         blobs = FileBlobStore(settings.root)
         bus = _bus(settings)
         stack.push_async_callback(bus.close)
         index = PostgresIndex(pool)
         warehouse = PostgresWarehouse(pool)
+        cache = ReadCache(_cache(settings), settings.cache_ttl_seconds)
+        stack.push_async_callback(cache.close)
         archive: Archive
         metadata = MetadataBuilder(blobs, index, lambda key: archive.instance_url(key))
         archive = Archive(
@@ -98,9 +133,10 @@ async def open_archive(settings: Settings) -> Archive:
             warehouse=warehouse,
             ingest=Ingest(blobs, bus, max_instance_bytes=settings.max_instance_bytes),
             metadata=metadata,
-            index_instances=IndexInstances(blobs, index, bus),
-            load_warehouse=LoadWarehouse(warehouse),
+            index_instances=IndexInstances(blobs, index, bus, cache),
+            load_warehouse=LoadWarehouse(warehouse, cache),
             database_url=database_url,
+            cache=cache,
             stack=stack,
         )
         return archive

@@ -27,6 +27,9 @@ class Settings:
     dimse_host: str = "0.0.0.0"
     dimse_port: int = 11112
     ae_title: str = "DICOMCLOUD"
+    # SO_REUSEPORT on the DIMSE listener: several storescp processes share one port and
+    # the kernel spreads associations over them (distributed mode, one per core)
+    dimse_reuse_port: bool = False
     database_url: str = ""  # empty: embedded PostgreSQL under data_dir/pg
     bus_url: str = ""  # empty: embedded durable journal under data_dir/bus; kafka://host:port[?…]
     redis_url: str = ""  # empty: in-process cache; redis://host:port/db

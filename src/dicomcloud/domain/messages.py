@@ -115,7 +115,9 @@ _TYPES: dict[str, type[Any]] = {cls.TYPE: cls for cls in (InstanceStored, DicomS
 
 
 def encode(message: Message) -> bytes:
-    body = dataclasses.asdict(message)
+    # Shallow: orjson writes nested dataclasses (Source) itself. dataclasses.asdict
+    # deep-copies the DICOM JSON of a DicomImageMeta, ~2.5 ms each on the event loop.
+    body = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}
     body["type"] = message.TYPE
     body["version"] = message.VERSION
     return orjson.dumps(body)

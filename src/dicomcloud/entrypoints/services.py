@@ -151,3 +151,5 @@ SERVICES: dict[str, Service] = {
     "webworker": webworker,
     "server": server,
 }
+# Every service but storescp reads or writes the index or warehouse.
+NEEDS_DATABASE = frozenset(SERVICES[name] for name in ("consumer", "loader", "webworker", "server"))

@@ -18,7 +18,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationServer, AssociationSocket
 
 from dicomcloud.domain.messages import Source
 from dicomcloud.errors import DicomCloudError, dimse_status
@@ -127,6 +127,22 @@ def _read_pdus_in_one_go() -> None:
     AssociationSocket.recv = _recv  # type: ignore[method-assign]
 
 
+def _share_port() -> None:
+    """Set SO_REUSEPORT on pynetdicom's listening sockets (its ``server_bind`` sets only
+    SO_REUSEADDR), so that several storescp processes listen on one port."""
+    original = AssociationServer.server_bind
+    if getattr(original, "_dicomcloud_reuse_port", False):
+        return
+
+    def server_bind(self: AssociationServer) -> None:
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        original(self)
+
+    server_bind._dicomcloud_reuse_port = True  # type: ignore[attr-defined]
+    AssociationServer.server_bind = server_bind  # type: ignore[method-assign]
+
+
 class StoreSCP:
     def __init__(self, settings: Settings, ingest: Ingest, loop: asyncio.AbstractEventLoop) -> None:
         self._settings = settings
@@ -137,6 +153,8 @@ class StoreSCP:
     def start(self) -> None:
         _tolerate_command_uids()
         _read_pdus_in_one_go()
+        if self._settings.dimse_reuse_port:
+            _share_port()
         ae = AE(ae_title=self._settings.ae_title)
         ae.maximum_pdu_size = 0  # no limit on what peers may send us per PDU
         ae.maximum_associations = 64
