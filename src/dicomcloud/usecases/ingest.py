@@ -52,6 +52,25 @@ def check_expected(
         )
 
 
+
+def instance_stored(parsed: ParsedPart10, size: int, received_at: str, source: Source) -> InstanceStored:
+    """The event that says an instance's file is durable at its place in the layout."""
+    path = instance_path(parsed.key)
+    return InstanceStored(
+        tenant_id=parsed.key.tenant_id,
+        study_instance_uid=parsed.key.study_instance_uid,
+        series_instance_uid=parsed.key.series_instance_uid,
+        sop_instance_uid=parsed.key.sop_instance_uid,
+        sop_class_uid=parsed.sop_class_uid,
+        transfer_syntax_uid=parsed.transfer_syntax_uid,
+        patient_id=parsed.patient_id,
+        file_name=path.rsplit("/", 1)[1],
+        file_path=path,
+        file_size=size,
+        received_at=received_at,
+        source=source,
+    )
+
 class Ingest:
     """The use case. ``store`` is safe to call from any thread via the loop."""
 
@@ -144,21 +163,7 @@ class Ingest:
     def _event(
         self, parsed: ParsedPart10, size: int, source: Source
     ) -> tuple[list[tuple[str, str, bytes]], StoredInstance]:
-        path = instance_path(parsed.key)
-        event = InstanceStored(
-            tenant_id=parsed.key.tenant_id,
-            study_instance_uid=parsed.key.study_instance_uid,
-            series_instance_uid=parsed.key.series_instance_uid,
-            sop_instance_uid=parsed.key.sop_instance_uid,
-            sop_class_uid=parsed.sop_class_uid,
-            transfer_syntax_uid=parsed.transfer_syntax_uid,
-            patient_id=parsed.patient_id,
-            file_name=path.rsplit("/", 1)[1],
-            file_path=path,
-            file_size=size,
-            received_at=datetime.now(UTC).isoformat(),
-            source=source,
-        )
+        event = instance_stored(parsed, size, datetime.now(UTC).isoformat(), source)
         value = encode(event)
         key = parsed.key.study_instance_uid
         stored = StoredInstance(parsed.key, parsed.sop_class_uid, parsed.transfer_syntax_uid, size)

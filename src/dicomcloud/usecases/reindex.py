@@ -64,7 +64,6 @@ from dicomcloud.domain.layout import (
     METADATA_DIR,
     InstanceKey,
     StudyKey,
-    instance_path,
     parse_instance_path,
     study_metadata_path,
 )
@@ -75,6 +74,7 @@ from dicomcloud.errors import DatasetMismatch, DicomCloudError, InvalidInput, No
 from dicomcloud.ports import BlobStore, BusConsumer, Index, Record, Warehouse
 from dicomcloud.usecases.build_metadata import MetadataBuilder
 from dicomcloud.usecases.index_instances import IndexInstances
+from dicomcloud.usecases.ingest import instance_stored
 from dicomcloud.usecases.load_warehouse import LoadWarehouse
 from dicomcloud.usecases.read_cache import ReadCache
 
@@ -191,21 +191,8 @@ def read_event(root: Path, rel: str, key: InstanceKey) -> InstanceStored | Skipp
         return Skipped(rel, f"unreadable: {exc.strerror or exc}")
     except Exception as exc:  # pydicom on a damaged file; the same outcome as in IndexInstances
         return Skipped(rel, f"unreadable DICOM: {type(exc).__name__}: {exc}")
-    file_path = instance_path(key)
-    return InstanceStored(
-        tenant_id=key.tenant_id,
-        study_instance_uid=key.study_instance_uid,
-        series_instance_uid=key.series_instance_uid,
-        sop_instance_uid=key.sop_instance_uid,
-        sop_class_uid=parsed.sop_class_uid,
-        transfer_syntax_uid=parsed.transfer_syntax_uid,
-        patient_id=parsed.patient_id,
-        file_name=file_path.rsplit("/", 1)[1],
-        file_path=file_path,
-        file_size=stat.st_size,
-        received_at=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC).isoformat(),
-        source=SOURCE,
-    )
+    received_at = datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC).isoformat()
+    return instance_stored(parsed, stat.st_size, received_at, SOURCE)
 
 
 class _Collected:
