@@ -1,6 +1,6 @@
 """The distributed message bus: Apache Kafka (any Kafka-API broker), ``--bus kafka://…``.
 
-URL: ``kafka://host:port[,host:port][?prefix=P&partitions=3&timeout=10&linger_ms=1]``
+URL: ``kafka://host:port[,host:port][?prefix=P&partitions=3&timeout=10&linger_ms=0]``
 
 - ``prefix``: prepended to every topic and consumer-group name on the broker
   (several archives, or test runs, sharing one cluster); records handed back
@@ -10,6 +10,10 @@ URL: ``kafka://host:port[,host:port][?prefix=P&partitions=3&timeout=10&linger_ms
   several replicas).
 - ``timeout``: seconds a publish waits for its acknowledgements before it raises
   :class:`~dicomcloud.errors.Unavailable` (default 10).
+- ``linger_ms``: how long the producer waits to fill a batch (default 0: a
+  C-STORE waits for its own acknowledgement, and records that arrive while a
+  request is in flight are batched anyway; 1 ms tripled the median publish
+  latency here, 1.4 → 4.3 ms).
 
 Library: **confluent-kafka** (librdkafka), not aiokafka. ``publish_blocking`` is
 called from pynetdicom's handler threads, many at once: librdkafka's producer is
@@ -75,7 +79,7 @@ class KafkaOptions:
     partitions: int = 3
     replication: int = 1
     timeout: float = 10.0
-    linger_ms: int = 1
+    linger_ms: int = 0
 
     @classmethod
     def from_url(cls, url: str) -> KafkaOptions:
@@ -94,7 +98,7 @@ class KafkaOptions:
             partitions=int(query.get("partitions", 3)),
             replication=int(query.get("replication", 1)),
             timeout=float(query.get("timeout", 10.0)),
-            linger_ms=int(query.get("linger_ms", 1)),
+            linger_ms=int(query.get("linger_ms", 0)),
         )
         if options.partitions < 1 or options.replication < 1 or options.timeout <= 0:
             raise ValueError(f"kafka:// options out of range: {url!r}")
