@@ -1,6 +1,8 @@
-"""dicomcloud vs Orthanc + DICOMweb plugin: the same workload, same machine, same run.
+"""dicomcloud (embedded and distributed) vs Orthanc + DICOMweb plugin: the same
+workload, same machine, same run.
 
-    .venv/bin/python bench/run.py [--instances 500] [--quick] [--servers dicomcloud,orthanc]
+    .venv/bin/python bench/run.py [--instances 500] [--quick]
+        [--servers orthanc,dicomcloud,dicomcloud-distributed]
 
 See bench/README.md for what each row means. Only 127.0.0.1 is ever contacted;
 every request loop is bounded in count and in time.
@@ -37,9 +39,19 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from _proc import dcmtk_env, group_cpu_seconds, own_cpu_seconds, tail  # noqa: E402
+from _cpu import embedded_pgdata, postmaster_pid, tree_cpu_seconds  # noqa: E402
+from _proc import dcmtk_env, own_cpu_seconds, tail  # noqa: E402
+from dicomcloud_distributed import DistributedDicomcloudServer  # noqa: E402
 from dicomcloud_proc import DicomcloudServer  # noqa: E402
 from orthanc import OrthancServer  # noqa: E402
+
+# key -> (column title, class); the table's columns come in this order.
+SERVERS: dict[str, tuple[str, Any]] = {
+    "orthanc": ("Orthanc", OrthancServer),
+    "dicomcloud": ("dicomcloud embedded", DicomcloudServer),
+    "dicomcloud-distributed": ("dicomcloud distributed", DistributedDicomcloudServer),
+}
+ALIASES = {"distributed": "dicomcloud-distributed", "embedded": "dicomcloud", "dicomcloud-embedded": "dicomcloud"}
 
 STORESCU = "/usr/bin/storescu"  # DCMTK's; .venv/bin/storescu is pynetdicom's
 CLIENT_AET = "BENCH"
@@ -111,6 +123,33 @@ def generate_dataset(out: Path, studies: int, instances: int, rows: int, cols: i
     return f"{' '.join(cmd[1:])}  ({time.perf_counter() - t0:.1f}s)"
 
 
+# Series of their own patients/studies (the factory CLI would repeat the UIDs of the
+# main data set: they derive from PatientID, AccessionNumber and StudyDate).
+LATENCY_FACTORY = """
+import sys
+from pathlib import Path
+from tests.factory import write_series
+out, k, m, rows, cols = Path(sys.argv[1]), *map(int, sys.argv[2:6])
+for s in range(k):
+    write_series(out / f"lat{s + 1:03d}", m, PatientID=f"LAT{s + 1:04d}",
+                 PatientName=f"Latency^Series{s + 1:04d}", AccessionNumber=f"LAT{s + 1:05d}",
+                 StudyDate="20250101", SeriesNumber=1, rows=rows, columns=cols)
+"""
+
+
+def generate_latency_series(out: Path, count: int, instances: int, rows: int, cols: int) -> str:
+    """`count` one-series studies of `instances` each, for the ingest-latency workloads."""
+    cmd = [sys.executable, "-c", LATENCY_FACTORY, str(out), str(count), str(instances), str(rows), str(cols)]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise SystemExit(f"latency series: factory failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return (
+        f"tests.factory.write_series x {count} (PatientID LAT0001.., {instances} instances, "
+        f"{rows}x{cols})  ({time.perf_counter() - t0:.1f}s)"
+    )
+
+
 def scan_dataset(root: Path) -> list[Series]:
     """Group the DICOM files under root by series (headers only)."""
     by_series: dict[tuple[str, str], Series] = {}
@@ -171,27 +210,78 @@ class Req:
     check: Callable[[httpx.Response], str | None] | None = None
     weight: int = 1  # e.g. instances in a STOW batch
     tag: str = ""  # query kind, for per-kind latencies
+    expect: int = 0  # the status that counts as OK (e.g. 304); 0: any status < 300
+
+
+CpuFn = Callable[[], dict[str, float]]
 
 
 class Meter:
-    """CPU seconds used by the server (its whole process group) and by this client."""
+    """CPU seconds used by the server (every process of it, by process tree: see
+    bench/_cpu.py; per component in ``server_cpu_parts``) and by this client."""
 
-    def __init__(self, server_pgid: int | None) -> None:
-        self.pgid = server_pgid
+    def __init__(self, server_cpu: CpuFn | None) -> None:
+        self.server_cpu = server_cpu
 
-    def snap(self) -> tuple[float, float]:
-        srv = group_cpu_seconds(self.pgid) if self.pgid else 0.0
-        return srv, own_cpu_seconds()
+    def snap(self) -> tuple[dict[str, float], float]:
+        return (self.server_cpu() if self.server_cpu else {}), own_cpu_seconds()
 
-    def since(self, snap: tuple[float, float]) -> dict[str, float]:
+    def since(self, snap: tuple[dict[str, float], float]) -> dict[str, Any]:
         now = self.snap()
-        return {
-            "server_cpu_s": round(now[0] - snap[0], 2),
+        out: dict[str, Any] = {
+            "server_cpu_s": round(sum(now[0].values()) - sum(snap[0].values()), 2),
             "client_cpu_s": round(now[1] - snap[1], 2),
         }
+        if len(now[0]) > 1:
+            out["server_cpu_parts"] = {k: round(v - snap[0].get(k, 0.0), 2) for k, v in now[0].items()}
+        return out
 
 
 METER = Meter(None)
+
+
+def server_cpu_fn(server: Any) -> CpuFn | None:
+    """What the server's CPU is: Orthanc = its process (its SQLite index is inside);
+    dicomcloud embedded = the `up` process and its PostgreSQL (postmaster and backends,
+    which run in sessions of their own); distributed = every service and Kafka,
+    PostgreSQL, Redis (DistributedDicomcloudServer.cpu_parts)."""
+    if hasattr(server, "cpu_parts"):
+        return server.cpu_parts  # type: ignore[no-any-return]
+    if server.proc is None:
+        return None
+    pid = server.proc.pid
+    if isinstance(server, DicomcloudServer):
+        pgdata = embedded_pgdata(server.data_dir)
+        return lambda: tree_cpu_seconds({"server": [pid], "postgresql": [postmaster_pid(pgdata)]})
+    return lambda: tree_cpu_seconds({"server": [pid]})
+
+
+def server_alive(server: Any) -> bool:
+    if hasattr(server, "alive"):
+        return bool(server.alive())
+    return server.proc is not None and server.proc.alive()
+
+
+def server_exit_info(server: Any) -> str:
+    if hasattr(server, "exit_info"):
+        return str(server.exit_info())
+    return f"exited with {server.proc.proc.returncode}" if server.proc is not None else "not started"
+
+
+def server_log_tail(server: Any, n: int = 60) -> str | None:
+    if hasattr(server, "log_tail"):
+        return str(server.log_tail(n))
+    return tail(server.proc.log_path, n) if server.proc is not None else None
+
+
+def storage_paths(server: Any) -> list[Path]:
+    """Everything the server keeps on disk (files + index + bus)."""
+    paths = list(getattr(server, "storage_paths", None) or [server.data_dir])
+    if isinstance(server, DicomcloudServer):
+        pg = embedded_pgdata(server.data_dir)
+        if not pg.resolve().is_relative_to(server.data_dir.resolve()):
+            paths.append(pg)  # the cluster went elsewhere (see dicomcloud.adapters.postgres.embedded)
+    return paths
 
 
 async def drive(
@@ -202,8 +292,12 @@ async def drive(
     rec: Recorder,
     workload: str,
     max_error_samples: int = 5,
+    before: Callable[[], Awaitable[Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run reqs with `concurrency` workers; no new request after time_cap seconds."""
+    """Run reqs with `concurrency` workers; no new request after time_cap seconds.
+
+    ``before`` (awaited before each request, not timed): e.g. emptying a cache.
+    """
     lat: list[float] = []
     by_tag: dict[str, list[float]] = {}
     encodings: Counter[str] = Counter()
@@ -223,6 +317,8 @@ async def drive(
         while idx < len(reqs) and time.perf_counter() < deadline:
             r = reqs[idx]
             idx += 1
+            if before is not None:
+                await before()
             s = time.perf_counter()
             problem: str | None = None
             status = "exc"
@@ -235,7 +331,12 @@ async def drive(
                 status = str(resp.status_code)
                 wire_bytes += resp.num_bytes_downloaded
                 encodings[resp.headers.get("content-encoding", "identity")] += 1
-                if resp.status_code >= 300:
+                if r.expect:
+                    if resp.status_code != r.expect:
+                        problem = f"HTTP {resp.status_code}, expected {r.expect}"
+                    elif r.check is not None:
+                        problem = r.check(resp)
+                elif resp.status_code >= 300:
                     problem = f"HTTP {resp.status_code}"
                 elif r.check is not None:
                     problem = r.check(resp)
@@ -408,6 +509,78 @@ async def cstore(
     return t0, (None if failed else send)
 
 
+async def cstore_series_timed(
+    server: Any,
+    groups: Sequence[Sequence[Series]],
+    cap: float,
+    rec: Recorder,
+    workload: str,
+    on_series_done: Callable[[Series, float], None],
+) -> tuple[float, float | None]:
+    """Send each group of series over one `storescu -v` association (the series of a
+    group one after the other), reading its log as it comes to time every C-STORE
+    response; ``on_series_done(series, t)`` runs at the Success of a series' last
+    instance. Returns (t_first, send_seconds or None if a storescu failed)."""
+    by_path = {str(i.path): s for g in groups for s in g for i in s.instances}
+    remaining = {s.series: len(s.instances) for g in groups for s in g}
+    series_of = {s.series: s for g in groups for s in g}
+    t0 = time.perf_counter()
+
+    async def one(k: int, group: Sequence[Series]) -> bool:
+        files = [i.path for s in group for i in s.instances]
+        argv = storescu_cmd(server, files)
+        argv.insert(1, "-v")
+        # The log (-v) is on stderr, unbuffered; stdout only has XMIT progress dots.
+        p = await asyncio.create_subprocess_exec(
+            *argv, env=dcmtk_env(), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        assert p.stderr is not None
+        current: str | None = None
+        bad: list[str] = []
+        lines: list[str] = []
+        end = time.perf_counter() + cap
+        killed = False
+        while True:
+            try:
+                raw = await asyncio.wait_for(p.stderr.readline(), timeout=max(0.1, end - time.perf_counter()))
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    p.kill()  # a storescu this benchmark started
+                killed = True
+                break
+            if not raw:
+                break
+            now = time.perf_counter()
+            ln = raw.decode("latin-1").rstrip()
+            lines.append(ln)
+            if ln.startswith("I: Sending file: "):
+                current = ln[len("I: Sending file: ") :]
+            elif "Received Store Response" in ln:
+                s = by_path.get(current or "")
+                if "(Success)" in ln and s is not None:
+                    remaining[s.series] -= 1
+                    if remaining[s.series] == 0:
+                        on_series_done(series_of[s.series], now)
+                else:
+                    bad.append(f"{current}: {ln}")
+            elif ln.startswith(("E:", "W:", "F:")):
+                bad.append(ln)
+        rc = await p.wait()
+        if rc != 0 or bad or killed:
+            rec.add(
+                workload,
+                request=f"storescu -v #{k} ({len(files)} files) -> {server.aet}@{server.host}:{server.dimse_port}",
+                status=f"killed after {cap:.0f}s" if killed else f"exit {rc}",
+                problem="; ".join(bad[:3]) or "non-zero exit",
+                body="\n".join(lines[-20:]),
+            )
+        return rc == 0 and not killed
+
+    oks = await asyncio.gather(*(one(k, g) for k, g in enumerate(groups) if g))
+    send = time.perf_counter() - t0
+    return t0, (send if all(oks) else None)
+
+
 def multipart(parts: Sequence[bytes], boundary: str) -> bytes:
     b = boundary.encode()
     chunks: list[bytes] = []
@@ -532,7 +705,10 @@ def dir_bytes(root: Path) -> int:
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, f)).st_size
+                st = os.lstat(os.path.join(dirpath, f))
+                # Allocated bytes at most: Kafka preallocates sparse 10 MiB index files
+                # per partition, whose holes take no disk.
+                total += min(st.st_size, st.st_blocks * 512)
     return total
 
 
@@ -553,20 +729,32 @@ class Plan:
     columns: int = 512
     identity: bool = False  # send Accept-Encoding: identity (no gzip)
     keep: bool = False
+    latency_series: int = 0  # series per ingest-latency workload (0: none)
+    latency_instances: int = 0  # instances per such series
+    meta_cache: int = 10  # requests per /metadata cold / warm workload
+    etag: int = 20  # If-None-Match requests
+    poll: float = 0.05  # seconds between polls of a pending series
 
 
 def meta_req(url: str, expected: int) -> Req:
     return Req("GET", url, {"Accept": DICOM_JSON}, check=metadata_check(expected))
 
 
-async def run_server(server: Any, series: list[Series], plan: Plan, W: dict[str, Any], rec: Recorder) -> None:
+async def run_server(
+    server: Any,
+    series: list[Series],
+    latency: dict[str, list[Series]],
+    plan: Plan,
+    W: dict[str, Any],
+    rec: Recorder,
+) -> None:
     """Every workload against one server; results go into W as they come.
 
     A workload that raises is recorded and the next one runs; if the server
     process has died, the rest is skipped.
     """
     global METER
-    METER = Meter(server.proc.pid if server.proc else None)
+    METER = Meter(server_cpu_fn(server))
     base = server.dicomweb_url
     cs1, cs4, st1, st4 = series[0], series[1], series[2], series[3]
     frame_bytes = plan.rows * plan.columns * 2
@@ -623,7 +811,9 @@ async def run_server(server: Any, series: list[Series], plan: Plan, W: dict[str,
             say(f"    send {res['wall_s']}s ({res['units_per_s']} inst/s), visible {vis and round(vis, 2)}s")
 
     async def storage() -> None:
-        W["storage_bytes"] = dir_bytes(server.data_dir)
+        parts = {str(p): dir_bytes(p) for p in storage_paths(server)}
+        W["storage_bytes"] = sum(parts.values())
+        W["storage_parts"] = parts
 
     async def qido() -> None:
         rng = random.Random(1234)
@@ -672,6 +862,146 @@ async def run_server(server: Any, series: list[Series], plan: Plan, W: dict[str,
                     f"{r['req_per_s']} req/s ({r['ok']}/{r['requests']} ok)"
                 )
 
+    async def metadata_cache() -> None:
+        """Series /metadata of study 1 (N instances): warm (repeated), cold (cache
+        emptied before each request), then ETag revalidation."""
+        s = cs1
+        url = f"{base}/studies/{s.study}/series/{s.series}/metadata"
+        n = len(s.instances)
+        await drive(client, [meta_req(url, n)], 1, plan.cap, rec, "metadata_warm (priming)")
+        r = await drive(client, [meta_req(url, n) for _ in range(plan.meta_cache)], 1, plan.cap, rec, "metadata_warm")
+        W["metadata_warm"] = {**r, "how": "repeated requests after one priming request"}
+        say(f"  metadata warm c1: p50 {r['p50_ms']} ms p95 {r['p95_ms']} ms ({r['ok']}/{r['requests']} ok)")
+        flush = getattr(server, "flush_cache", None)
+
+        async def flush_before() -> None:
+            assert flush is not None
+            await asyncio.to_thread(flush)
+
+        before: Callable[[], Awaitable[None]] | None = None
+        if flush is not None:
+            how, before = "redis-cli FLUSHALL before each request (not timed)", flush_before
+        elif server.name == "Orthanc":
+            how = (
+                "Orthanc has no metadata cache (StudiesMetadata/SeriesMetadata Full: "
+                "read from the files every time): plain repeated requests"
+            )
+        else:
+            how = ""
+            W["metadata_cold"] = {
+                "skipped": "the in-process cache of `dicomcloud up` cannot be emptied from outside; "
+                "the first call after ingest (metadata_series_first) is its cold case"
+            }
+            say("  metadata cold: skipped (in-process cache)")
+        if how:
+            reqs = [meta_req(url, n) for _ in range(plan.meta_cache)]
+            r = await drive(client, reqs, 1, plan.cap, rec, "metadata_cold", before=before)
+            W["metadata_cold"] = {**r, "how": how}
+            say(f"  metadata cold c1: p50 {r['p50_ms']} ms p95 {r['p95_ms']} ms ({r['ok']}/{r['requests']} ok)")
+        # ETag revalidation: If-None-Match with the ETag of an earlier answer -> 304.
+        first = await client.get(url, headers={"Accept": DICOM_JSON})
+        etag = first.headers.get("etag")
+        if not etag:
+            W["etag_revalidation"] = {
+                "etag": None,
+                "status": first.status_code,
+                "note": "no ETag header in the /metadata answer: nothing to revalidate",
+            }
+            say(f"  etag: no ETag in the answer (HTTP {first.status_code})")
+            return
+        reqs = [Req("GET", url, {"Accept": DICOM_JSON, "If-None-Match": etag}, expect=304) for _ in range(plan.etag)]
+        r = await drive(client, reqs, 1, plan.cap, rec, "etag_revalidation")
+        W["etag_revalidation"] = {**r, "etag": etag, "answers_304": r["ok"]}
+        say(f"  etag revalidation: {r['ok']}/{r['requests']} answered 304, p50 {r['p50_ms']} ms")
+
+    async def poll_ready(key: str, s: Series, t_last: float, d: dict[str, Any]) -> None:
+        """Poll one series every plan.poll s from its last Success until QIDO lists all
+        its instances, then until /metadata returns them all; the times go into d."""
+        murl = f"{base}/studies/{s.study}/series/{s.series}/metadata"
+        deadline = t_last + plan.ingest_cap
+        t_q: float | None = None
+        polls = 0
+        last = ""
+        while time.perf_counter() < deadline:
+            polls += 1
+            try:
+                if t_q is None:
+                    got, err = await count_instances(client, base, s, page=1000)
+                    last = err or f"QIDO {got}/{len(s.instances)}"
+                    if got >= len(s.instances):
+                        t_q = time.perf_counter()
+                if t_q is not None:
+                    resp = await client.get(murl, headers={"Accept": DICOM_JSON})
+                    got = len(parse_json_list(resp)) if resp.status_code == 200 else -1
+                    last = f"/metadata HTTP {resp.status_code}, {got} instances"
+                    if got == len(s.instances):
+                        t_m = time.perf_counter()
+                        d.update(searchable_s=round(t_q - t_last, 4), ready_s=round(t_m - t_last, 4), polls=polls)
+                        return
+            except (httpx.HTTPError, ValueError) as e:
+                last = repr(e)[:200]
+            await asyncio.sleep(plan.poll)
+        d.update(polls=polls, timeout=last)
+        rec.add(
+            key,
+            status="timeout",
+            problem=f"series {s.series} not searchable + /metadata-ready {plan.ingest_cap:.0f}s "
+            f"after its last Success ({last})",
+        )
+
+    async def latency_one(key: str, group_series: list[Series]) -> None:
+        assocs = 4 if key.endswith("_4") else 1
+        groups = [group_series[k::assocs] for k in range(assocs)]
+        m = len(group_series[0].instances)
+        say(f"  {key}: {len(group_series)} series x {m} instances over {assocs} association(s)")
+        per: dict[str, dict[str, Any]] = {}
+        tasks: list[asyncio.Task[None]] = []
+        t0 = time.perf_counter()
+
+        def done(s: Series, t: float) -> None:
+            per[s.series] = {"series": s.series, "last_success_s": round(t - t0, 3)}
+            tasks.append(asyncio.create_task(poll_ready(key, s, t, per[s.series])))
+
+        cpu0 = METER.snap()
+        _, send = await cstore_series_timed(server, groups, plan.ingest_cap, rec, key, done)
+        if tasks:
+            await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+        ready = [d["ready_s"] for d in per.values() if "ready_s" in d]
+        searchable = [d["searchable_s"] for d in per.values() if "searchable_s" in d]
+        complete = len(ready) == len(group_series)  # else no percentiles
+        total = sum(len(s.instances) for s in group_series)
+        W[key] = {
+            "series": len(group_series),
+            "instances_per_series": m,
+            "associations": assocs,
+            "send_s": send and round(send, 3),
+            "inst_per_s": round(total / send, 2) if send else None,
+            "series_ready": len(ready),
+            "ready_p50_ms": ms(pct(ready, 50)) if complete else None,
+            "ready_p95_ms": ms(pct(ready, 95)) if complete else None,
+            "ready_max_ms": ms(max(ready)) if complete else None,
+            "searchable_p50_ms": ms(pct(searchable, 50)) if complete else None,
+            "searchable_p95_ms": ms(pct(searchable, 95)) if complete else None,
+            "poll_s": plan.poll,
+            "wall_s": round(wall, 3),
+            "cpu": METER.since(cpu0),
+            "per_series": list(per.values()),
+        }
+        w = W[key]
+        say(
+            f"    send {send and round(send, 2)}s; {len(ready)}/{len(group_series)} series ready; "
+            f"last Success -> searchable+metadata p50 {w['ready_p50_ms']} ms p95 {w['ready_p95_ms']} ms "
+            f"(searchable p50 {w['searchable_p50_ms']} ms)"
+        )
+
+    async def ingest_latency() -> None:
+        """C-STORE of many small series; per series, from the Success of its last
+        instance until QIDO lists all its instances and /metadata returns them all."""
+        for key, group_series in latency.items():
+            if group_series:
+                await latency_one(key, group_series)
+
     async def retrieve() -> None:
         rng = random.Random(4321)
         all_insts = [i for s in series for i in s.instances]
@@ -708,12 +1038,15 @@ async def run_server(server: Any, series: list[Series], plan: Plan, W: dict[str,
         ("storage", storage),
         ("QIDO", qido),
         ("metadata", metadata),
+        ("metadata cache + ETag", metadata_cache),
         ("retrieve", retrieve),
+        # Last, so that the extra studies change nothing measured before.
+        ("ingest latency", ingest_latency),
     ]
     try:
         for name, step in steps:
-            if server.proc is not None and not server.proc.alive():
-                raise ServerDied(f"{server.name} exited with {server.proc.proc.returncode} before {name}")
+            if not server_alive(server):
+                raise ServerDied(f"{server.name}: {server_exit_info(server)} before {name}")
             try:
                 await step()
             except Exception as e:
@@ -759,6 +1092,22 @@ def per_inst(key: str, cpu: str) -> Callable[[dict[str, Any]], float | None]:
     return get
 
 
+INFRA = ("postgresql", "kafka", "redis")
+
+
+def infra_per_inst(key: str) -> Callable[[dict[str, Any]], float | None]:
+    """The part of per_inst(key, "visible_cpu") spent in PostgreSQL, Kafka and Redis."""
+
+    def get(w: dict[str, Any]) -> float | None:
+        parts = (w.get(key) or {}).get("visible_cpu", {}).get("server_cpu_parts")
+        n = g(key, "instances")(w)
+        if not parts or not n or not g(key, "visible_s")(w):
+            return None
+        return round(float(sum(v for k, v in parts.items() if k in INFRA)) / n * 1000, 2)
+
+    return get
+
+
 def stow_cpu(key: str) -> Callable[[dict[str, Any]], float | None]:
     def get(w: dict[str, Any]) -> float | None:
         a = g(key, "requests", "server_cpu_s")(w)
@@ -771,7 +1120,7 @@ def stow_cpu(key: str) -> Callable[[dict[str, Any]], float | None]:
     return get
 
 
-def rows(n: int, batch: int) -> list[Row]:
+def rows(n: int, batch: int, plan: Plan | None = None) -> list[Row]:
     hi, lo = "higher", "lower"
     ins = "/studies/{s}/series/{se}/instances"
     out: list[Row] = []
@@ -789,6 +1138,12 @@ def rows(n: int, batch: int) -> list[Row]:
         (
             "Server CPU per instance, C-STORE 1 assoc (until visible)",
             per_inst("cstore_1", "visible_cpu"),
+            "ms",
+            lo,
+        ),
+        (
+            "  of which PostgreSQL + Kafka + Redis (C-STORE 1 assoc)",
+            infra_per_inst("cstore_1"),
             "ms",
             lo,
         ),
@@ -836,6 +1191,28 @@ def rows(n: int, batch: int) -> list[Row]:
         ("WADO-RS /frames/1 c16", g("retrieve_frame", "req_per_s"), "frames/s", hi),
         ("WADO-RS /frames/1 c16 p95", g("retrieve_frame", "p95_ms"), "ms", lo),
     ]
+    out += [
+        (f"series /metadata ({n} inst), cache cold, c1 p50", g("metadata_cold", "p50_ms"), "ms", lo),
+        (f"series /metadata ({n} inst), cache cold, c1 p95", g("metadata_cold", "p95_ms"), "ms", lo),
+        (f"series /metadata ({n} inst), cache warm, c1 p50", g("metadata_warm", "p50_ms"), "ms", lo),
+        (f"series /metadata ({n} inst), cache warm, c1 p95", g("metadata_warm", "p95_ms"), "ms", lo),
+        ("series /metadata If-None-Match -> 304, p50", g("etag_revalidation", "p50_ms"), "ms", lo),
+        (
+            f"series /metadata If-None-Match: 304 answers (of {plan.etag if plan else '?'}; — = no ETag)",
+            g("etag_revalidation", "answers_304"),
+            "count",
+            "check",
+        ),
+    ]
+    if plan is not None and plan.latency_series:
+        k, m = plan.latency_series, plan.latency_instances
+        for key, assocs in (("latency_1", 1), ("latency_4", 4)):
+            what = f"C-STORE {k} series x {m}, {assocs} assoc{'s' if assocs > 1 else ''}"
+            out += [
+                (f"{what}: last Success -> searchable + /metadata p50", g(key, "ready_p50_ms"), "ms", lo),
+                (f"{what}: last Success -> searchable + /metadata p95", g(key, "ready_p95_ms"), "ms", lo),
+                (f"{what}: last Success -> searchable (QIDO) p50", g(key, "searchable_p50_ms"), "ms", lo),
+            ]
     return out
 
 
@@ -859,37 +1236,54 @@ def max_share(rounds: list[dict[str, Any]], key: str | None) -> float | None:
     return max(vals) if vals else None
 
 
-def table(results: dict[str, Any], n: int, batch: int) -> tuple[str, list[dict[str, Any]]]:
-    dcr = [r["workloads"] for r in results.get("dicomcloud", {}).get("rounds", [])]
-    ocr = [r["workloads"] for r in results.get("orthanc", {}).get("rounds", [])]
+def ratio_pairs(names: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(numerator, denominator, column title): every dicomcloud vs Orthanc, and
+    distributed vs embedded."""
+    short = {"orthanc": "Orthanc", "dicomcloud": "embedded", "dicomcloud-distributed": "distributed"}
+    out = [(a, "orthanc", f"{short.get(a, a)}/Orthanc") for a in names if a != "orthanc" and "orthanc" in names]
+    if "dicomcloud" in names and "dicomcloud-distributed" in names:
+        out.append(("dicomcloud-distributed", "dicomcloud", "distributed/embedded"))
+    return out
+
+
+def table(results: dict[str, Any], n: int, batch: int, plan: Plan | None = None) -> tuple[str, list[dict[str, Any]]]:
+    names = [k for k in SERVERS if k in results] + [k for k in results if k not in SERVERS]
+    per = {k: [r["workloads"] for r in results[k].get("rounds", [])] for k in names}
+    pairs = ratio_pairs(names)
+    title = {k: SERVERS[k][0] if k in SERVERS else k for k in names}
     lines = [
-        "| workload | dicomcloud | Orthanc | ratio (dicomcloud/Orthanc) | better-is |",
-        "|---|---:|---:|---:|---|",
+        "| workload | "
+        + " | ".join(title[k] for k in names)
+        + "".join(f" | {t}" for _, _, t in pairs)
+        + " | better-is |",
+        "|---|" + "---:|" * (len(names) + len(pairs)) + "---|",
     ]
     out = []
     daggers = False
-    for label, get, unit, better in rows(n, batch):
-        a, b = median_of(get, dcr), median_of(get, ocr)
-        ratio = round(a / b, 3) if a is not None and b not in (None, 0) else None
+    for label, get, unit, better in rows(n, batch, plan):
+        vals = {k: median_of(get, per[k]) for k in names}
         key = getattr(get, "workload", None)
-        shares = [max_share(dcr, key), max_share(ocr, key)]
-        marks = ["†" if (x or 0) > CLIENT_BOUND and v is not None else "" for x, v in zip(shares, (a, b), strict=True)]
-        daggers = daggers or any(marks)
-        out.append(
-            {
-                "workload": label,
-                "unit": unit,
-                "dicomcloud": a,
-                "orthanc": b,
-                "ratio": ratio,
-                "better_is": better,
-                "client_cpu_share": {"dicomcloud": shares[0], "orthanc": shares[1]},
-            }
-        )
-        lines.append(
-            f"| {label} [{unit}] | {fmt(a)}{marks[0]} | {fmt(b)}{marks[1]} | "
-            f"{'—' if ratio is None else f'{ratio:.2f}x'} | {better} |"
-        )
+        shares = {k: max_share(per[k], key) for k in names}
+        marks = {k: "†" if (shares[k] or 0) > CLIENT_BOUND and vals[k] is not None else "" for k in names}
+        daggers = daggers or any(marks.values())
+        ratios: dict[str, float | None] = {}
+        for a, b, t in pairs:
+            va, vb = vals[a], vals[b]
+            ratios[t] = round(va / vb, 3) if better != "check" and va is not None and vb else None
+        row: dict[str, Any] = {
+            "workload": label,
+            "unit": unit,
+            "values": vals,
+            **vals,  # as before: one key per server
+            "ratios": ratios,
+            "ratio": ratios.get("embedded/Orthanc"),
+            "better_is": better,
+            "client_cpu_share": shares,
+        }
+        out.append(row)
+        cells = [f"{fmt(vals[k])}{marks[k]}" for k in names]
+        cells += ["—" if ratios[t] is None else f"{ratios[t]:.2f}x" for _, _, t in pairs]
+        lines.append(f"| {label} [{unit}] | " + " | ".join(cells) + f" | {better} |")
     if daggers:
         lines.append(
             f"\n† the benchmark client (Python, same 2 cores) used more than "
@@ -902,11 +1296,23 @@ def table(results: dict[str, Any], n: int, batch: int) -> tuple[str, list[dict[s
 # -------------------------------------------------------------------------- main
 
 
-def run_one(name: str, workdir: Path, series: list[Series], plan: Plan, rnd: int, rounds: int) -> dict[str, Any]:
+def run_one(
+    name: str,
+    workdir: Path,
+    series: list[Series],
+    latency: dict[str, list[Series]],
+    plan: Plan,
+    rnd: int,
+    rounds: int,
+    options: dict[str, Any],
+) -> dict[str, Any]:
     """Start one server, run every workload against it, stop it."""
-    cls = {"orthanc": OrthancServer, "dicomcloud": DicomcloudServer}[name]
+    cls = SERVERS[name][1]
     print(f"\n== {name}" + (f" (round {rnd + 1}/{rounds})" if rounds > 1 else ""), flush=True)
-    srv = cls(workdir=workdir)
+    kwargs: dict[str, Any] = {"workdir": workdir}
+    if cls is DistributedDicomcloudServer:
+        kwargs.update(storescp_workers=options["storescp_workers"], consumers=options["consumers"], keep=plan.keep)
+    srv = cls(**kwargs)
     rec = Recorder()
     W: dict[str, Any] = {}
     res: dict[str, Any] = {
@@ -915,28 +1321,41 @@ def run_one(name: str, workdir: Path, series: list[Series], plan: Plan, rnd: int
         "workloads": W,
         "errors": rec.errors,
     }
+    started = False
     try:
         t = time.perf_counter()
         srv.start()
+        started = True
         res["startup_s"] = round(time.perf_counter() - t, 2)
+        if getattr(srv, "startup_steps", None):
+            res["startup_steps"] = srv.startup_steps
         res["versions"] = srv.versions()
+        fn = server_cpu_fn(srv)  # its processes exist once it has started
+        res["cpu_components"] = sorted(fn()) if fn else []
         print(
-            f"  up in {res['startup_s']}s: {srv.dicomweb_url}, DIMSE {srv.aet}@{srv.host}:{srv.dimse_port}",
+            f"  up in {res['startup_s']}s: {srv.dicomweb_url}, DIMSE {srv.aet}@{srv.host}:{srv.dimse_port}"
+            + (f" {srv.startup_steps}" if getattr(srv, "startup_steps", None) else ""),
             flush=True,
         )
         t = time.perf_counter()
-        asyncio.run(run_server(srv, series, plan, W, rec))
+        asyncio.run(run_server(srv, series, latency, plan, W, rec))
         res["wall_s"] = round(time.perf_counter() - t, 1)
     except Exception as e:  # a server that fails: record and go on
         rec.add("run", status="exception", problem=f"{type(e).__name__}: {e}")
     finally:
-        alive = srv.proc is not None and srv.proc.alive()
+        alive = started and server_alive(srv)
         res["alive_at_end"] = alive
-        if srv.proc is not None:
-            res["log_tail"] = tail(srv.proc.log_path, 60)
-            if not alive:
-                print(f"  server log tail:\n{res['log_tail']}", flush=True)
+        res["log_tail"] = server_log_tail(srv, 60)
+        if hasattr(srv, "log_problems"):
+            res["log_problems"] = srv.log_problems()
+        if not alive and res["log_tail"]:
+            print(f"  server: {server_exit_info(srv)}; log tail:\n{res['log_tail']}", flush=True)
         srv.stop()
+        for attr in ("warnings", "exit_codes"):
+            if getattr(srv, attr, None):
+                res[attr] = getattr(srv, attr)
+        if res.get("warnings"):
+            print(f"  warnings: {res['warnings']}", flush=True)
         if not plan.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         res["loadavg_after"] = os.getloadavg()
@@ -954,8 +1373,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="100 instances, fewer requests")
     ap.add_argument(
         "--servers",
-        default="orthanc,dicomcloud",
-        help="comma list, run in this order (default orthanc,dicomcloud)",
+        default="orthanc,dicomcloud,dicomcloud-distributed",
+        help="comma list, run in this order (default orthanc,dicomcloud,dicomcloud-distributed;"
+        " 'embedded' and 'distributed' are accepted too)",
+    )
+    ap.add_argument(
+        "--storescp-workers",
+        type=int,
+        default=2,
+        help="distributed mode: dicomcloud storescp processes sharing the DIMSE port (default 2)",
+    )
+    ap.add_argument("--consumers", type=int, default=2, help="distributed mode: consumer processes (default 2)")
+    ap.add_argument(
+        "--latency-series",
+        type=int,
+        default=None,
+        help="series per ingest-latency workload, sent over 1 and over 4 associations (default 12, --quick 6; 0: off)",
+    )
+    ap.add_argument(
+        "--latency-instances",
+        type=int,
+        default=None,
+        help="instances per ingest-latency series (default 20, --quick 10)",
     )
     ap.add_argument(
         "--dataset",
@@ -1000,10 +1439,22 @@ def main(argv: list[str] | None = None) -> int:
         columns=args.columns,
         identity=args.identity,
         keep=args.keep,
+        latency_series=args.latency_series if args.latency_series is not None else (6 if q else 12),
+        latency_instances=args.latency_instances or (10 if q else 20),
+        meta_cache=10 if q else 25,
+        etag=20 if q else 50,
     )
-    servers = [s.strip().lower() for s in args.servers.split(",") if s.strip()]
+    servers = [ALIASES.get(s.strip().lower(), s.strip().lower()) for s in args.servers.split(",") if s.strip()]
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown:
+        ap.error(f"unknown server(s) {unknown}; known: {', '.join(SERVERS)}")
+    options = {"storescp_workers": args.storescp_workers, "consumers": args.consumers}
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work = Path(tempfile.mkdtemp(prefix="bench-"))
+    # Traversable (not listable) by others: as root, `dicomcloud up` then keeps its
+    # embedded PostgreSQL in <data-dir>/pg (counted in the storage row, removed with the
+    # temp dir) instead of /var/lib/dicomcloud/pg-<hash>.
+    os.chmod(work, 0o711)
     t_start = time.perf_counter()
     results: dict[str, Any] = {}
     meta: dict[str, Any] = {
@@ -1032,6 +1483,19 @@ def main(argv: list[str] | None = None) -> int:
         if len(series) < 4:
             raise SystemExit(f"{data_dir} holds {len(series)} series; 4 are needed")
         series = series[:4]
+        latency: dict[str, list[Series]] = {"latency_1": [], "latency_4": []}
+        if plan.latency_series > 0:
+            lat_dir = work / "latency"
+            print(
+                f"generating 2 x {plan.latency_series} series x {plan.latency_instances} instances "
+                "for the ingest-latency workloads",
+                flush=True,
+            )
+            lat_how = generate_latency_series(
+                lat_dir, 2 * plan.latency_series, plan.latency_instances, args.rows, args.columns
+            )
+            lat = sorted(scan_dataset(lat_dir), key=lambda s: s.patient_id)
+            latency = {"latency_1": lat[: plan.latency_series], "latency_4": lat[plan.latency_series :]}
         meta["dataset"] = {
             "how": how,
             "series": [
@@ -1045,6 +1509,11 @@ def main(argv: list[str] | None = None) -> int:
                 for s in series
             ],
         }
+        if plan.latency_series > 0:
+            meta["dataset"]["latency"] = {
+                "how": lat_how,
+                **{k: [s.series for s in v] for k, v in latency.items()},
+            }
         print(
             f"dataset: {[len(s.instances) for s in series]} instances per series, "
             f"~{meta['dataset']['series'][0]['mean_bytes'] // 1024} KiB each",
@@ -1055,7 +1524,7 @@ def main(argv: list[str] | None = None) -> int:
             # Alternate the order between rounds so that drift hits both servers.
             order = servers if rnd % 2 == 0 else servers[::-1]
             for name in order:
-                res = run_one(name, work / f"{name}-{rnd}", series, plan, rnd, args.rounds)
+                res = run_one(name, work / f"{name}-{rnd}", series, latency, plan, rnd, args.rounds, options)
                 results.setdefault(name, {"rounds": []})["rounds"].append(res)
     finally:
         if not args.keep:
@@ -1063,10 +1532,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"kept {work}")
 
-    md, table_rows = table(results, n, args.stow_batch)
+    md, table_rows = table(results, n, args.stow_batch, plan)
     meta["total_s"] = round(time.perf_counter() - t_start, 1)
     print(
-        f"\n## dicomcloud vs Orthanc ({n} instances per ingest workload, "
+        f"\n## {' vs '.join(SERVERS[k][0] for k in SERVERS if k in results)} ({n} instances per ingest workload, "
         f"{meta['machine']['nproc']} cores, {meta['total_s']}s)\n"
     )
     for name, per in results.items():
@@ -1084,6 +1553,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{'identity' if args.identity else 'gzip, deflate (httpx default)'}"
         + (f"; values are medians of {args.rounds} rounds" if args.rounds > 1 else "")
         + "\n"
+    )
+    print(
+        "- server CPU: Orthanc = its process (SQLite index inside); dicomcloud embedded = `up` + its "
+        "PostgreSQL; dicomcloud distributed = every service + PostgreSQL + Kafka + Redis "
+        "(per component in the JSON: server_cpu_parts)\n"
     )
     if meta["machine"]["loadavg_start"][0] > 1.0:
         print(
