@@ -51,7 +51,7 @@ async def storescp(archive: Archive, stop: asyncio.Event) -> None:
 
 
 async def consumer(archive: Archive, stop: asyncio.Event) -> None:
-    await consume(archive.bus, "consumer", [STORAGE_QUEUE], archive.index_instances.handle, stop, linger=0.25)
+    await consume(archive.bus, "consumer", [STORAGE_QUEUE], archive.index_instances.handle, stop, linger=0.1)
 
 
 async def loader(archive: Archive, stop: asyncio.Event) -> None:
@@ -61,7 +61,7 @@ async def loader(archive: Archive, stop: asyncio.Event) -> None:
         [DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE],
         archive.load_warehouse.handle,
         stop,
-        linger=0.5,
+        linger=0.1,
     )
 
 
