@@ -9,6 +9,7 @@ httpx and dicomweb-client, against pydicom's reading of the files sent.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -85,6 +86,13 @@ def _describe(paths: list[Path]) -> dict[Path, Sent]:
 def _files(directory: Path, studies: int, series: int, instances: int) -> dict[Path, Sent]:
     return _describe(write_studies(directory, studies=studies, series_per_study=series, instances=instances,
                                    rows=64, columns=64))  # fmt: skip
+
+
+def _by_series(sent: dict[Path, Sent]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    for s in sent.values():
+        out[s.series].add(s.sop)
+    return out
 
 
 def _searchable(url: str, sent: dict[Path, Sent], must: set[Path]) -> object:
@@ -185,6 +193,8 @@ def verify(stack: Stack, sent: dict[Path, Sent], succeeded: set[Path], server: s
 
 
 def test_services_as_separate_processes(stack: Stack, tmp_path: Path) -> None:
+    # The webworker's index scan only at its start: metadata can then come from events alone.
+    stack.extra_env["DICOMCLOUD_WEBWORKER_INTERVAL"] = "600"
     for name in (*ALL, "storescp-2"):  # two storescp share the DIMSE port (SO_REUSEPORT)
         stack.start(name)
     sent = _files(tmp_path / "in", studies=3, series=2, instances=10)
@@ -195,6 +205,22 @@ def test_services_as_separate_processes(stack: Stack, tmp_path: Path) -> None:
     assert sender.succeeded == set(sent), sender.refused
     took = wait_until(lambda: _searchable(stack.url("server-2"), sent, set(sent)), 30, "searchable on server-2")
     print(f"last Success → all searchable: {took:.2f} s; ingest {len(sent) / (time.monotonic() - t0):.0f}/s")
+
+    # The webworker wrote every series' metadata by itself, from the events (nobody asked
+    # for /metadata yet, and its index scan, the safety net, is off in this test).
+    def metadata_files_written() -> object:
+        for series, sops in _by_series(sent).items():
+            study = next(s.study for s in sent.values() if s.series == series)
+            path = stack.data_dir / "files" / "default" / "metadata" / study / f"{series}.json"
+            if not path.exists():
+                return f"{path.name} not written"
+            listed = {o["00080018"]["Value"][0] for o in json.loads(path.read_bytes())}
+            if listed != sops:
+                return f"{path.name} lists {len(listed)} of {len(sops)}"
+        return True
+
+    took = wait_until(metadata_files_written, 10, "metadata files written by the webworker")
+    print(f"… and every series' metadata file written {took:.2f} s later")
     verify(stack, sent, set(sent), server="server-1")
     verify(stack, sent, set(sent), server="server-2")
 
