@@ -44,7 +44,7 @@ from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless  # noqa: E402
 from tests.factory import make_instance  # noqa: E402
 
-from dicomcloud.domain.frame_index import FrameIndexCache  # noqa: E402
+from dicomcloud.domain.frame_index_cache import FrameIndexCache  # noqa: E402
 from dicomcloud.domain.frames import read_frames  # noqa: E402
 
 FRAME_ACCEPT = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'

@@ -29,9 +29,9 @@ from dicomcloud.domain import frame_index
 from dicomcloud.domain.frame_index import (
     Deflated,
     EncapsulatedIndex,
-    FrameIndexCache,
     NativeIndex,
 )
+from dicomcloud.domain.frame_index_cache import FrameIndexCache
 from dicomcloud.domain.frames import frame_count, read_frames
 from dicomcloud.errors import MalformedDicom
 from tests.factory import frames, make_instance, part10_bytes

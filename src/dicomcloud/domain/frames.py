@@ -5,7 +5,7 @@ stored. :mod:`dicomcloud.domain.frame_index` finds where each frame lies
 (PS3.5 §8.2, Annex A.4) once per file; here a frame is then one positioned
 read (``os.pread``) of its bytes — for an encapsulated frame in several
 fragments, one read spanning them, the item headers cut out. The index of a
-file given by path is kept in :data:`~dicomcloud.domain.frame_index.frame_indexes`
+file given by path is kept in :data:`~dicomcloud.domain.frame_index_cache.frame_indexes`
 (keyed by path, inode, size and mtime); a file given as bytes is indexed on
 each call (it has no identity to key on).
 
@@ -32,15 +32,13 @@ from pydicom.uid import UID
 from dicomcloud.domain.frame_index import (
     Deflated,
     EncapsulatedIndex,
-    FileKey,
     FrameIndex,
-    FrameIndexCache,
     NativeIndex,
-    frame_indexes,
     index_bytes,
     index_file,
     index_inflated,
 )
+from dicomcloud.domain.frame_index_cache import FileKey, FrameIndexCache, frame_indexes
 from dicomcloud.errors import InvalidInput, MalformedDicom, NotFound
 
 Source = bytes | bytearray | memoryview | str | Path
