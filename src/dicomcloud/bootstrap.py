@@ -22,6 +22,7 @@ from dicomcloud.errors import Unavailable
 from dicomcloud.ports import BlobStore, Bus, Cache, Index, Warehouse
 from dicomcloud.settings import Settings, mask_url
 from dicomcloud.usecases.build_metadata import MetadataBuilder
+from dicomcloud.usecases.convert import Convert
 from dicomcloud.usecases.index_instances import IndexInstances
 from dicomcloud.usecases.ingest import Ingest
 from dicomcloud.usecases.load_warehouse import LoadWarehouse
@@ -43,6 +44,7 @@ class Archive:
     metadata: MetadataBuilder
     index_instances: IndexInstances
     load_warehouse: LoadWarehouse
+    convert: Convert
     database_url: str
     cache: ReadCache
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
@@ -133,8 +135,9 @@ async def open_archive(settings: Settings, *, database: bool = True) -> Archive:
             warehouse=warehouse,
             ingest=Ingest(blobs, bus, max_instance_bytes=settings.max_instance_bytes),
             metadata=metadata,
-            index_instances=IndexInstances(blobs, index, bus, cache),
+            index_instances=IndexInstances(blobs, index, bus, cache, settings.viewer_transfer_syntaxes),
             load_warehouse=LoadWarehouse(warehouse, cache),
+            convert=Convert(blobs, bus),
             database_url=database_url,
             cache=cache,
             stack=stack,

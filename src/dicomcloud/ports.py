@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from dicomcloud.domain.header import InstanceRecord
 from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey
-from dicomcloud.domain.messages import DicomImageMeta, DicomStateMeta, InstanceStored
+from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored
 from dicomcloud.domain.qido import QidoQuery, QidoResult
 
 JsonDict = dict[str, Any]
@@ -131,6 +131,12 @@ class Warehouse(Protocol):
     async def load_image_meta(self, rows: Sequence[DicomImageMeta]) -> None: ...
     async def load_state_meta(self, rows: Sequence[DicomStateMeta]) -> None: ...
     async def load_store_log(self, rows: Sequence[InstanceStored]) -> None: ...
+    async def load_conversions(self, rows: Sequence[ConversionResult]) -> None:
+        """Upsert one row per (tenant, SOP Instance UID, target syntax): the status and attempt
+        of the attempt that finished last (an older result redelivered changes nothing) and the
+        last error seen. A ``reused`` success (a redelivered request) does not replace a success row."""
+        ...
+
     async def search_instances(self, query: QidoQuery) -> QidoResult: ...
     async def close(self) -> None: ...
 

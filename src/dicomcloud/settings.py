@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomcloud.domain.uids import validate_tenant
+from dicomcloud.domain.viewer_syntaxes import DEFAULT_VIEWER_TRANSFER_SYNTAXES, validate_viewer_syntaxes
 from dicomcloud.errors import InvalidTenant
 
 ENV_PREFIX = "DICOMCLOUD_"
@@ -48,6 +49,9 @@ class Settings:
     webworker_interval: float = 5.0  # the safety-net scan; events trigger builds sooner
     webworker_quiet_seconds: float = 0.5
     webworker_max_delay_seconds: float = 2.0
+    # what the target viewer decodes; an instance stored in another syntax gets a rendition
+    # (domain/viewer_syntaxes.py; default: Cornerstone3D 5.x, ARCHITECTURE §8)
+    viewer_transfer_syntaxes: tuple[str, ...] = DEFAULT_VIEWER_TRANSFER_SYNTAXES
     log_level: str = "INFO"
 
     @property
@@ -124,6 +128,7 @@ def load(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | No
         validate_tenant(settings.default_tenant)
     except InvalidTenant as exc:
         raise ValueError(f"default tenant: {exc.reason}") from exc
+    validate_viewer_syntaxes(settings.viewer_transfer_syntaxes)
     if not 0 < len(settings.ae_title) <= 16:
         raise ValueError("the AE title must be 1 to 16 characters")
     return settings

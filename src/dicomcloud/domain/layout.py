@@ -3,11 +3,19 @@
 ::
 
     <TenantID>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+    <TenantID>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm.rendition-<TransferSyntaxUID>
     <TenantID>/metadata/<StudyInstanceUID>/<SeriesInstanceUID>.json
     <TenantID>/metadata/<StudyInstanceUID>.json
 
 Paths here are relative (POSIX, ``/``); adapters join them to ROOT. Every
 component is validated first, so no input can escape ROOT.
+
+A *rendition* (ARCHITECTURE §6.6) is a viewer-decodable copy of an instance
+written by the converter beside its original, which is never overwritten.
+Its name does not end in ``.dcm`` on purpose: it is the same SOP instance
+(same SOP Instance UID) in another transfer syntax, so whatever lists
+``*.dcm`` files — the series listing the metadata builder uses, reindex, an
+operator's ``find -name '*.dcm'`` — must not take it for a second instance.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dicomcloud.domain.uids import validate_tenant, validate_uid
 from dicomcloud.errors import InvalidInput
 
 INSTANCE_SUFFIX = ".dcm"
+RENDITION_MARK = INSTANCE_SUFFIX + ".rendition-"
 METADATA_DIR = "metadata"
 
 
@@ -67,6 +76,17 @@ class InstanceKey:
 
 def instance_path(key: InstanceKey) -> str:
     return f"{key.tenant_id}/{key.study_instance_uid}/{key.series_instance_uid}/{key.sop_instance_uid}{INSTANCE_SUFFIX}"
+
+
+def rendition_path(key: InstanceKey, transfer_syntax_uid: str) -> str:
+    """Where the rendition of an instance in ``transfer_syntax_uid`` lives, beside the original."""
+    syntax = validate_uid(transfer_syntax_uid, "TransferSyntaxUID")
+    return f"{series_dir(key.series)}/{key.sop_instance_uid}{RENDITION_MARK}{syntax}"
+
+
+def is_rendition_name(name: str) -> bool:
+    """Whether a file name (no folder) is that of a rendition."""
+    return RENDITION_MARK in name
 
 
 def series_dir(key: SeriesKey) -> str:

@@ -110,8 +110,67 @@ class DicomImageMeta:
     instance: dict[str, Any] = field(default_factory=dict)
 
 
-Message = InstanceStored | DicomStateMeta | DicomImageMeta
-_TYPES: dict[str, type[Any]] = {cls.TYPE: cls for cls in (InstanceStored, DicomStateMeta, DicomImageMeta)}
+@dataclass(frozen=True, slots=True)
+class ConversionRequested:
+    """An instance is stored in a syntax the viewer cannot decode (published by the consumer).
+
+    ``attempt`` counts from 1; the converter publishes the request again with the
+    next attempt when one failed (``usecases/convert.py``).
+    """
+
+    TYPE: ClassVar[str] = "ConversionRequested"
+    VERSION: ClassVar[int] = 1
+
+    tenant_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    file_path: str  # the original, relative to ROOT
+    source_transfer_syntax_uid: str
+    target_transfer_syntax_uid: str
+    attempt: int = 1
+    requested_at: str = ""  # ISO 8601, UTC, of the first request
+
+
+# ConversionResult.status
+CONVERSION_SUCCESS = "success"  # the rendition is in place
+CONVERSION_RETRYING = "retrying"  # an attempt failed; the request was published again
+CONVERSION_FAILED = "failed"  # the last attempt failed: given up, with the reason
+CONVERSION_UNSUPPORTED = "unsupported"  # never converted (video, JPIP, no decoder): not retried
+CONVERSION_STATUSES = (CONVERSION_SUCCESS, CONVERSION_RETRYING, CONVERSION_FAILED, CONVERSION_UNSUPPORTED)
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionResult:
+    """What one conversion attempt did (published by the converter, loaded by the loader).
+
+    ``reused``: the rendition was already there and current (a redelivered request),
+    nothing was written; the warehouse keeps the row of the conversion that wrote it.
+    """
+
+    TYPE: ClassVar[str] = "ConversionResult"
+    VERSION: ClassVar[int] = 1
+
+    tenant_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    source_transfer_syntax_uid: str
+    target_transfer_syntax_uid: str
+    status: str  # one of CONVERSION_STATUSES
+    attempt: int
+    duration_ms: float
+    finished_at: str  # ISO 8601, UTC
+    error: str = ""
+    rendition_path: str = ""  # relative to ROOT; "" unless success
+    rendition_size: int = 0
+    reused: bool = False
+
+
+Message = InstanceStored | DicomStateMeta | DicomImageMeta | ConversionRequested | ConversionResult
+_TYPES: dict[str, type[Any]] = {
+    cls.TYPE: cls for cls in (InstanceStored, DicomStateMeta, DicomImageMeta, ConversionRequested, ConversionResult)
+}
 
 
 def encode(message: Message) -> bytes:
@@ -139,4 +198,10 @@ def decode(data: bytes) -> Message:
         message: Message = cls(**body)
     except (TypeError, KeyError) as exc:
         raise InvalidInput(f"malformed {cls.TYPE}: {exc}") from exc
+    if isinstance(message, ConversionResult) and message.status not in CONVERSION_STATUSES:
+        raise InvalidInput(f"ConversionResult status {message.status!r} is not one of {CONVERSION_STATUSES}")
+    if isinstance(message, ConversionRequested | ConversionResult) and (
+        not isinstance(message.attempt, int) or message.attempt < 1
+    ):
+        raise InvalidInput(f"{cls.TYPE} attempt {message.attempt!r} is not a positive integer")
     return message

@@ -27,8 +27,10 @@ log = logging.getLogger("dicomcloud")
 _HELP = {
     "up": "run every service in one process on embedded defaults",
     "storescp": "C-ECHO / C-STORE SCP",
-    "consumer": "index stored instances (storage_queue)",
-    "loader": "load the warehouse (dicom_image_queue, dicom_state_queue, log_queue)",
+    "consumer": "index stored instances (storage_queue); route those the viewer cannot decode to conversion_queue "
+    "[DICOMCLOUD_VIEWER_TRANSFER_SYNTAXES: comma-separated UIDs, default: what Cornerstone3D 5.x decodes]",
+    "loader": "load the warehouse (dicom_image_queue, dicom_state_queue, log_queue, conversion_result_queue)",
+    "converter": "write viewer-decodable renditions beside the originals (conversion_queue → conversion_result_queue)",
     "webworker": "write series and study metadata files",
     "server": "DICOMweb: QIDO-RS, WADO-RS, STOW-RS",
 }

@@ -19,6 +19,8 @@ import uvicorn
 from dicomcloud.bootstrap import Archive
 from dicomcloud.domain.layout import StudyKey
 from dicomcloud.domain.messages import (
+    CONVERSION_QUEUE,
+    CONVERSION_RESULT_QUEUE,
     DICOM_IMAGE_QUEUE,
     DICOM_STATE_QUEUE,
     LOG_QUEUE,
@@ -58,11 +60,17 @@ async def loader(archive: Archive, stop: asyncio.Event) -> None:
     await consume(
         archive.bus,
         "loader",
-        [DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE],
+        [DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE, CONVERSION_RESULT_QUEUE],
         archive.load_warehouse.handle,
         stop,
         linger=0.1,
     )
+
+
+async def converter(archive: Archive, stop: asyncio.Event) -> None:
+    """Renditions for what the viewer cannot decode (usecases/convert.py). Small batches:
+    a conversion takes tens of milliseconds to seconds, and offsets are committed per batch."""
+    await consume(archive.bus, "converter", [CONVERSION_QUEUE], archive.convert.handle, stop, max_records=8)
 
 
 async def webworker(archive: Archive, stop: asyncio.Event) -> None:
@@ -148,8 +156,9 @@ SERVICES: dict[str, Service] = {
     "storescp": storescp,
     "consumer": consumer,
     "loader": loader,
+    "converter": converter,
     "webworker": webworker,
     "server": server,
 }
-# Every service but storescp reads or writes the index or warehouse.
+# Every service but storescp and converter (files and bus only) reads or writes the index or warehouse.
 NEEDS_DATABASE = frozenset(SERVICES[name] for name in ("consumer", "loader", "webworker", "server"))

@@ -2,7 +2,10 @@
 
 For a batch of InstanceStored events: read each file's header (off the event
 loop), upsert patient/study/series state in the index, then publish
-DicomImageMeta (every instance) and DicomStateMeta (every changed series).
+DicomImageMeta (every instance) and DicomStateMeta (every changed series),
+and ConversionRequested for every instance stored in a transfer syntax the
+viewer cannot decode (``domain/viewer_syntaxes.py``; again on redelivery: the
+converter finds the rendition in place and writes nothing).
 Outcomes are named: a record is *done*, or *dead-lettered* with its reason
 (a file that cannot be read will never succeed); a store failure raises so
 that the whole batch is *retried later*, uncommitted. Last, the read cache's
@@ -13,6 +16,7 @@ that cannot be reached is a store failure too.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
@@ -23,14 +27,17 @@ from pydicom.filereader import dcmread
 
 from dicomcloud.domain.header import InstanceRecord
 from dicomcloud.domain.messages import (
+    CONVERSION_QUEUE,
     DICOM_IMAGE_QUEUE,
     DICOM_STATE_QUEUE,
+    ConversionRequested,
     DicomImageMeta,
     DicomStateMeta,
     InstanceStored,
     decode,
     encode,
 )
+from dicomcloud.domain.viewer_syntaxes import PixelTraits, conversion_target, needs_conversion
 from dicomcloud.errors import DicomCloudError, InvalidInput
 from dicomcloud.ports import BlobStore, Bus, Index, Record
 from dicomcloud.usecases.read_cache import ReadCache
@@ -56,33 +63,51 @@ def _read_header(path: Path) -> Dataset:
     return ds
 
 
-def read_instance_record(path: Path, tenant_id: str, transfer_syntax_uid: str) -> InstanceRecord:
-    """Header of a stored file → InstanceRecord (CPU + I/O; run in a thread)."""
+def read_instance(path: Path, tenant_id: str, transfer_syntax_uid: str) -> tuple[InstanceRecord, PixelTraits]:
+    """Header of a stored file → InstanceRecord and its pixel traits (CPU + I/O; run in a thread)."""
     try:
         ds = _read_header(path)
     except FileNotFoundError as exc:
         raise InvalidInput(f"stored file {path.name} is missing") from exc
     except Exception as exc:
         raise InvalidInput(f"stored file {path.name} is unreadable: {exc}") from exc
-    return InstanceRecord.from_dataset(ds, tenant_id, transfer_syntax_uid)
+    return InstanceRecord.from_dataset(ds, tenant_id, transfer_syntax_uid), PixelTraits.from_dataset(ds)
+
+
+def read_instance_record(path: Path, tenant_id: str, transfer_syntax_uid: str) -> InstanceRecord:
+    """Header of a stored file → InstanceRecord (CPU + I/O; run in a thread)."""
+    return read_instance(path, tenant_id, transfer_syntax_uid)[0]
+
+
+_Read = tuple[InstanceStored, InstanceRecord, PixelTraits]
 
 
 class IndexInstances:
-    def __init__(self, blobs: BlobStore, index: Index, bus: Bus, cache: ReadCache | None = None) -> None:
+    """``viewer_transfer_syntaxes``: route the others to the converter; None: route nothing (reindex)."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        index: Index,
+        bus: Bus,
+        cache: ReadCache | None = None,
+        viewer_transfer_syntaxes: Sequence[str] | None = None,
+    ) -> None:
         self._blobs = blobs
         self._index = index
         self._bus = bus
         self._cache = cache
+        self._viewer = frozenset(viewer_transfer_syntaxes) if viewer_transfer_syntaxes is not None else None
 
-    def _read_all(self, records: list[Record]) -> tuple[list[tuple[InstanceStored, InstanceRecord]], list[DeadLetter]]:
-        good: list[tuple[InstanceStored, InstanceRecord]] = []
+    def _read_all(self, records: list[Record]) -> tuple[list[_Read], list[DeadLetter]]:
+        good: list[_Read] = []
         dead: list[DeadLetter] = []
         for record in records:
             try:
                 event = decode(record.value)
                 if not isinstance(event, InstanceStored):
                     raise InvalidInput(f"{type(event).__name__} does not belong on {record.topic}")
-                header = read_instance_record(
+                header, traits = read_instance(
                     self._blobs.absolute(event.file_path),
                     event.tenant_id,
                     event.transfer_syntax_uid,
@@ -92,17 +117,17 @@ class IndexInstances:
             except DicomCloudError as exc:
                 dead.append(DeadLetter(record, exc.reason))
                 continue
-            good.append((event, header))
+            good.append((event, header, traits))
         return good, dead
 
     async def handle(self, records: list[Record]) -> list[DeadLetter]:
         good, dead = await asyncio.to_thread(self._read_all, records)
         if not good:
             return dead
-        changes = await self._index.apply([(header, event.received_at) for event, header in good])
+        changes = await self._index.apply([(header, event.received_at) for event, header, _ in good])
         now = datetime.now(UTC).isoformat()
         out: list[tuple[str, str, bytes]] = []
-        for event, header in good:
+        for event, header, traits in good:
             meta = DicomImageMeta(
                 tenant_id=event.tenant_id,
                 study_instance_uid=event.study_instance_uid,
@@ -120,6 +145,18 @@ class IndexInstances:
                 instance=header.instance,
             )
             out.append((DICOM_IMAGE_QUEUE, event.study_instance_uid, encode(meta)))
+            if self._viewer is not None and needs_conversion(event.transfer_syntax_uid, self._viewer):
+                request = ConversionRequested(
+                    tenant_id=event.tenant_id,
+                    study_instance_uid=event.study_instance_uid,
+                    series_instance_uid=event.series_instance_uid,
+                    sop_instance_uid=event.sop_instance_uid,
+                    file_path=event.file_path,
+                    source_transfer_syntax_uid=event.transfer_syntax_uid,
+                    target_transfer_syntax_uid=conversion_target(event.transfer_syntax_uid, traits, self._viewer),
+                    requested_at=now,
+                )
+                out.append((CONVERSION_QUEUE, event.study_instance_uid, encode(request)))
         for series, study in changes:
             state = DicomStateMeta(
                 tenant_id=series.key.tenant_id,
@@ -138,5 +175,5 @@ class IndexInstances:
         if self._cache is not None:
             # Last, once the index is committed; every study of the batch, changed or not:
             # a redelivered batch (say, after this very call failed) changes no row.
-            await self._cache.invalidate({(event.tenant_id, event.study_instance_uid) for event, _ in good})
+            await self._cache.invalidate({(event.tenant_id, event.study_instance_uid) for event, _, _ in good})
         return dead

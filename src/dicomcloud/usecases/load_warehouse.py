@@ -1,6 +1,8 @@
 """The loader's use case: batches from the bus into the warehouse (ARCHITECTURE §2 ``loader``).
 
-Each message type goes to its table in one batch (Doris: one Stream Load).
+Each message type goes to its table in one batch (Doris: one Stream Load):
+DicomImageMeta, DicomStateMeta, InstanceStored (the store log) and
+ConversionResult (``warehouse.conversion``). Anything else is dead-lettered.
 Loads are idempotent upserts, so a retried batch changes nothing. Then the
 read cache's generations of the loaded instances' studies move; a cache that
 cannot be reached raises, and the batch is retried.
@@ -8,7 +10,7 @@ cannot be reached raises, and the batch is retried.
 
 from __future__ import annotations
 
-from dicomcloud.domain.messages import DicomImageMeta, DicomStateMeta, InstanceStored, decode
+from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored, decode
 from dicomcloud.errors import InvalidInput
 from dicomcloud.ports import Record, Warehouse
 from dicomcloud.usecases.index_instances import DeadLetter
@@ -24,6 +26,7 @@ class LoadWarehouse:
         images: list[DicomImageMeta] = []
         states: list[DicomStateMeta] = []
         stored: list[InstanceStored] = []
+        conversions: list[ConversionResult] = []
         dead: list[DeadLetter] = []
         for record in records:
             try:
@@ -35,11 +38,16 @@ class LoadWarehouse:
                 images.append(message)
             elif isinstance(message, DicomStateMeta):
                 states.append(message)
-            else:
+            elif isinstance(message, InstanceStored):
                 stored.append(message)
+            elif isinstance(message, ConversionResult):
+                conversions.append(message)
+            else:
+                dead.append(DeadLetter(record, f"{type(message).__name__} does not belong on {record.topic}"))
         await self._warehouse.load_image_meta(images)
         await self._warehouse.load_state_meta(states)
         await self._warehouse.load_store_log(stored)
+        await self._warehouse.load_conversions(conversions)
         if self._cache is not None:
             # Instance searches read the warehouse: their answers move once it is loaded.
             await self._cache.invalidate({(m.tenant_id, m.study_instance_uid) for m in images})

@@ -35,8 +35,10 @@ answer, revision or file.
 with valid UIDs, a file that is not DICOM or cannot be read, a file whose
 UIDs differ from its path (indexing it would point to a file that is not
 there), a header lacking what the index needs. Temporary files of
-:meth:`FileBlobStore.write_atomic` (``.tmp-*``) and the ``<tenant>/metadata``
-folders are not instance files and are passed over, not counted. A study
+:meth:`FileBlobStore.write_atomic` (``.tmp-*``), the converter's renditions
+(``<SOP>.dcm.rendition-<TransferSyntaxUID>``, the same instances in another
+syntax: ``domain/layout.py``) and the ``<tenant>/metadata`` folders are not
+instance files and are passed over, not counted as skipped. A study
 whose metadata file cannot be built (``MetadataBuilder`` lists the ``.dcm`` files
 of a series folder, so a damaged one there breaks its series) is reported and
 the other studies go on.
@@ -64,6 +66,7 @@ from dicomcloud.domain.layout import (
     METADATA_DIR,
     InstanceKey,
     StudyKey,
+    is_rendition_name,
     parse_instance_path,
     study_metadata_path,
 )
@@ -107,6 +110,7 @@ class ReindexReport:
     indexed: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     temporary_files: int = 0
+    renditions: int = 0  # the converter's renditions, passed over
     metadata_failed: list[Skipped] = field(default_factory=list)  # study metadata files not built
     studies: int = 0
     series: int = 0
@@ -126,6 +130,7 @@ class _Scan:
     files: list[tuple[str, InstanceKey]] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     temporary_files: int = 0
+    renditions: int = 0
 
 
 def scan(root: Path, tenant_id: str | None = None) -> _Scan:
@@ -145,6 +150,9 @@ def scan(root: Path, tenant_id: str | None = None) -> _Scan:
         for name in sorted(filenames):
             if name.startswith(TMP_PREFIX):
                 result.temporary_files += 1
+                continue
+            if is_rendition_name(name):
+                result.renditions += 1
                 continue
             rel = name if depth == 0 else f"{rel_dir}/{name}"
             if not name.endswith(INSTANCE_SUFFIX):
@@ -255,6 +263,7 @@ class Reindex:
             files_seen=len(found.files) + len(found.skipped),
             skipped=list(found.skipped),
             temporary_files=found.temporary_files,
+            renditions=found.renditions,
         )
 
         def tell(phase: str, done: int, total: int) -> None:

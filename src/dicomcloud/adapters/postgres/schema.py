@@ -150,7 +150,31 @@ CREATE TABLE {WAREHOUSE}.store_log (
 );
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+# V2: conversion records (issue 4). One row per instance and rendition syntax, upserted
+# by the loader from ConversionResult messages (adapters/postgres/warehouse.py).
+_V2 = f"""
+CREATE TABLE {WAREHOUSE}.conversion (
+  tenant_id text NOT NULL,
+  sop_instance_uid text NOT NULL,
+  target_transfer_syntax_uid text NOT NULL,
+  study_instance_uid text NOT NULL,
+  series_instance_uid text NOT NULL,
+  source_transfer_syntax_uid text NOT NULL,
+  status text NOT NULL CHECK (status IN ('success', 'retrying', 'failed', 'unsupported')),
+  attempts int NOT NULL,
+  last_error text NOT NULL DEFAULT '',
+  duration_ms double precision NOT NULL,
+  rendition_path text NOT NULL DEFAULT '',
+  rendition_size bigint NOT NULL DEFAULT 0,
+  finished_at timestamptz NOT NULL,
+  loaded_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant_id, sop_instance_uid, target_transfer_syntax_uid)
+);
+CREATE INDEX conversion_status ON {WAREHOUSE}.conversion (tenant_id, status, finished_at);
+CREATE INDEX conversion_study ON {WAREHOUSE}.conversion (tenant_id, study_instance_uid);
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 
 
 async def migrate(conn: asyncpg.Connection) -> None:

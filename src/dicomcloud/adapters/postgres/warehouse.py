@@ -13,7 +13,7 @@ from typing import Any
 from dicomcloud.adapters.postgres import qido
 from dicomcloud.adapters.postgres.schema import WAREHOUSE
 from dicomcloud.domain.attributes import STORED_INSTANCE, STORED_SERIES, STORED_STUDY
-from dicomcloud.domain.messages import DicomImageMeta, DicomStateMeta, InstanceStored
+from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored
 from dicomcloud.domain.qido import QidoQuery, QidoResult
 
 _KEYS = {
@@ -49,6 +49,29 @@ _IMAGE_UPSERT = (
     + ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in _IMAGE_COLS[4:])
     + ", loaded_at = now() WHERE m.received_at <= EXCLUDED.received_at"
 )
+
+# Last finished attempt wins (a redelivered older result changes nothing); a ``reused``
+# success ($14: the rendition was there already) never replaces a success row, so a
+# redelivered request keeps the duration of the conversion that wrote the rendition.
+_CONVERSION_UPSERT = f"""
+INSERT INTO {WAREHOUSE}.conversion AS c (tenant_id, sop_instance_uid, target_transfer_syntax_uid,
+  study_instance_uid, series_instance_uid, source_transfer_syntax_uid, status, attempts, last_error,
+  duration_ms, rendition_path, rendition_size, finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (tenant_id, sop_instance_uid, target_transfer_syntax_uid) DO UPDATE SET
+  study_instance_uid = EXCLUDED.study_instance_uid,
+  series_instance_uid = EXCLUDED.series_instance_uid,
+  source_transfer_syntax_uid = EXCLUDED.source_transfer_syntax_uid,
+  status = EXCLUDED.status,
+  attempts = EXCLUDED.attempts,
+  last_error = CASE WHEN EXCLUDED.last_error <> '' THEN EXCLUDED.last_error ELSE c.last_error END,
+  duration_ms = EXCLUDED.duration_ms,
+  rendition_path = EXCLUDED.rendition_path,
+  rendition_size = EXCLUDED.rendition_size,
+  finished_at = EXCLUDED.finished_at,
+  loaded_at = now()
+WHERE EXCLUDED.finished_at >= c.finished_at AND NOT ($14::boolean AND c.status = 'success')
+"""
 
 
 class PostgresWarehouse:
@@ -133,6 +156,33 @@ class PostgresWarehouse:
                         r.source.calling_ae_title,
                         r.source.called_ae_title,
                         r.source.address,
+                    )
+                    for r in rows
+                ],
+            )
+
+    async def load_conversions(self, rows: Sequence[ConversionResult]) -> None:
+        if not rows:
+            return
+        async with self._pool.acquire() as conn:
+            await conn.executemany(
+                _CONVERSION_UPSERT,
+                [
+                    (
+                        r.tenant_id,
+                        r.sop_instance_uid,
+                        r.target_transfer_syntax_uid,
+                        r.study_instance_uid,
+                        r.series_instance_uid,
+                        r.source_transfer_syntax_uid,
+                        r.status,
+                        r.attempt,
+                        r.error,
+                        r.duration_ms,
+                        r.rendition_path,
+                        r.rendition_size,
+                        datetime.fromisoformat(r.finished_at),
+                        r.reused,
                     )
                     for r in rows
                 ],

@@ -1,0 +1,104 @@
+"""``dicomcloud up`` converts what the viewer cannot decode (issue 4): instances sent
+over STOW-RS in JPEG 2000 Part 2 and Deflated Explicit VR Little Endian get a
+rendition beside their original and a row in ``warehouse.conversion``; the
+series metadata still lists each instance once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import httpx
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
+
+from dicomcloud.adapters.filesystem import FileBlobStore
+from dicomcloud.domain.layout import InstanceKey, instance_path
+from dicomcloud.usecases.convert import rendition_for
+from tests.conftest import run_sync
+from tests.e2e.conftest import SEARCH_TIMEOUT, Archive, wait_for_instances
+from tests.factory import make_instance, part10_bytes, read
+from tests.renditions import deflated, j2k_part2
+
+pytestmark = pytest.mark.e2e
+
+
+def _stow(archive: Archive, datasets: list[Dataset]) -> None:
+    body = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + part10_bytes(ds) + b"\r\n" for ds in datasets)
+    r = httpx.post(
+        f"{archive.url}/studies",
+        content=body + b"--B--\r\n",
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=B'},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+
+
+def _rows(database_url: str) -> dict[str, dict[str, object]]:
+    async def fetch() -> dict[str, dict[str, object]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT * FROM warehouse.conversion")
+        finally:
+            await conn.close()
+        return {r["sop_instance_uid"]: dict(r) for r in rows}
+
+    return run_sync(fetch())
+
+
+def test_up_converts_what_the_viewer_cannot_decode(start_archive: Callable[..., Archive]) -> None:
+    archive = start_archive()
+    series = {"PatientID": "E2E-CONV", "rows": 64, "columns": 64}
+    part2, part2_pixels = j2k_part2(InstanceNumber=1, **series)
+    inflate, inflate_pixels = deflated(InstanceNumber=2, **series)
+    plain = make_instance(InstanceNumber=3, **series)
+    _stow(archive, [part2, inflate, plain])
+    blobs = FileBlobStore(archive.data_dir / "files")
+    key = {ds.SOPInstanceUID: InstanceKey("default", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+           for ds in (part2, inflate, plain)}  # fmt: skip
+    originals = {sop: blobs.read(instance_path(k)) for sop, k in key.items()}
+
+    deadline = time.monotonic() + SEARCH_TIMEOUT
+    while not all(rendition_for(blobs, key[ds.SOPInstanceUID]) for ds in (part2, inflate)):
+        assert time.monotonic() < deadline, f"no renditions after {SEARCH_TIMEOUT:.0f} s:\n{archive.output()[-4000:]}"
+        time.sleep(0.2)
+    for ds, pixels, target in (
+        (part2, part2_pixels, JPEGLSLossless),
+        (inflate, inflate_pixels, ExplicitVRLittleEndian),
+    ):
+        found = rendition_for(blobs, key[ds.SOPInstanceUID])
+        assert found is not None and found[1] == target
+        assert np.array_equal(read(blobs.read(found[0])).pixel_array, pixels)
+    assert rendition_for(blobs, key[plain.SOPInstanceUID]) is None
+    assert all(blobs.read(instance_path(k)) == originals[sop] for sop, k in key.items())
+
+    if archive.database_url:  # else the embedded server of the archive: not reachable from here
+        deadline = time.monotonic() + SEARCH_TIMEOUT
+        while len(rows := _rows(archive.database_url)) < 2:
+            assert time.monotonic() < deadline, f"conversion rows: {rows}"
+            time.sleep(0.2)
+        assert {sop: r["status"] for sop, r in rows.items()} == {
+            part2.SOPInstanceUID: "success",
+            inflate.SOPInstanceUID: "success",
+        }
+
+    with archive.http() as http:
+        wait_for_instances(http, archive.url, list(key))
+        study, series_uid = part2.StudyInstanceUID, part2.SeriesInstanceUID
+        r = http.get(f"/dicom-web/studies/{study}/series/{series_uid}/metadata")
+        assert r.status_code == 200, r.text
+        assert sorted(o["00080018"]["Value"][0] for o in r.json()) == sorted(key)
+
+
+def test_converter_is_a_service(tmp_path: Path) -> None:
+    from dicomcloud.entrypoints.cli import main
+    from dicomcloud.entrypoints.services import NEEDS_DATABASE, SERVICES
+
+    assert "converter" in SERVICES and SERVICES["converter"] not in NEEDS_DATABASE
+    with pytest.raises(SystemExit) as exc:
+        main(["converter", "--help"])
+    assert exc.value.code == 0
