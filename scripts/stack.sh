@@ -2,7 +2,7 @@
 # The distributed stack on one machine, without containers: Debian's PostgreSQL and
 # Redis, Apache Kafka from Maven Central (scripts/kafka.sh), and every dicomcloud
 # service as a process of its own — two storescp sharing the DIMSE port, two
-# consumers in one group, a loader, a webworker and a DICOMweb server.
+# consumers in one group, a loader, a webworker, a converter and a DICOMweb server.
 #
 #   scripts/stack.sh up [DIR]      # start everything in the background (default DIR: ./dicomcloud-stack)
 #   scripts/stack.sh status [DIR]  # which processes run
@@ -20,7 +20,7 @@ HTTP_PORT=${HTTP_PORT:-8080}
 KAFKA_PORT=${KAFKA_PORT:-19092}
 PG_PORT=${PG_PORT:-15432}
 REDIS_PORT=${REDIS_PORT:-16379}
-SERVICES=(storescp-1 storescp-2 consumer-1 consumer-2 loader webworker server)
+SERVICES=(storescp-1 storescp-2 consumer-1 consumer-2 loader webworker converter server)
 
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }

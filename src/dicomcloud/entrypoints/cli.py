@@ -287,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # pydicom logs a traceback for each codec plugin that fails before it tries the next;
+    # the outcome (and its reason) is ours to report.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     if args.command in _TOOLS:
         return _run_tool(args, settings)
     services = list(SERVICES.values()) if args.command == "up" else [SERVICES[args.command]]
