@@ -264,10 +264,15 @@ def test_retrieve_instance_with_dicomweb_client(archive: Archive, sent: list[Sen
         assert ds.SOPInstanceUID == s.sop
         assert ds.file_meta.TransferSyntaxUID == s.syntax, s.syntax
         assert np.array_equal(ds.pixel_array, s.ds.pixel_array), s.syntax
-    # default (Explicit VR Little Endian, PS3.18 §8.7.3.5.2): at least the native ones
+    # dicomweb-client's default asks for transfer-syntax=*: as stored
     native = pick(sent, ExplicitVRLittleEndian)
     ds = client.retrieve_instance(native.study, native.series, native.sop)
     assert np.array_equal(ds.pixel_array, native.ds.pixel_array)
+    # no transfer-syntax named: Explicit VR Little Endian whatever is stored (PS3.18 §8.7.3.4)
+    for s in sent:
+        ds = client.retrieve_instance(s.study, s.series, s.sop, media_types=("application/dicom",))
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian, s.syntax
+        assert np.array_equal(ds.pixel_array, s.ds.pixel_array), s.syntax
 
 
 def test_retrieve_instance_bytes(archive: Archive, sent: list[Sent]) -> None:

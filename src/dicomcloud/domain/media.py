@@ -11,17 +11,23 @@ PS3.18 §8.7.5 (Acceptable Media Types: media ranges, ``q`` values), §8.7.3
   (Tables 8.7.3-4 and 8.7.3-5);
 * metadata: ``application/dicom+json`` (Table 10.4.4-1) or ``application/json``.
 
-We never transcode yet: :func:`transcoding_available` is the one hook a
-later transcoder will answer; until then a request that only accepts a
-syntax other than the stored one gets :class:`NotAcceptable` with a reason.
+The client's acceptable syntaxes are tried in its order of preference; the
+first one that is stored, or that :mod:`dicomcloud.domain.transcode` can
+produce from the stored one, wins. ``transfer-syntax=*`` means "as stored"
+(the server's choice, §8.7.3.5.2). No ``transfer-syntax`` parameter means
+the default of the media type (§8.7.3.4, Tables 8.7.3-2, -4 and -5):
+Explicit VR Little Endian for instances and ``application/octet-stream``
+frames, the lossless syntax of an image media type (``image/jls`` →
+JPEG-LS Lossless...). When none fits, :class:`NotAcceptable` says why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dicomcloud.domain.multipart import MediaType, parse_media_type, split_unquoted
+from dicomcloud.domain.transcode import PixelDescription, can_transcode, name_of
 from dicomcloud.errors import InvalidInput, NotAcceptable
 
 ANY_TRANSFER_SYNTAX = "*"
@@ -89,16 +95,49 @@ def is_video(transfer_syntax_uid: str) -> bool:
     return FRAME_MEDIA_TYPES.get(transfer_syntax_uid, "").startswith("video/")
 
 
-def transcoding_available(stored_transfer_syntax_uid: str, requested_transfer_syntax_uid: str) -> bool:
-    """Whether we can convert between the two syntaxes. THE hook for a later transcoder.
+# The default Transfer Syntax of a frame part media type: the "D" rows of PS3.18
+# Tables 8.7.3-4 and 8.7.3-5 (the lossless one where a media type has several).
+DEFAULT_FRAME_TRANSFER_SYNTAXES: dict[str, str] = {
+    OCTET_STREAM: EXPLICIT_VR_LITTLE_ENDIAN,
+    "image/jpeg": "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "image/dicom-rle": "1.2.840.10008.1.2.5",
+    "image/jls": "1.2.840.10008.1.2.4.80",
+    "image/jp2": "1.2.840.10008.1.2.4.90",
+    "image/jpx": "1.2.840.10008.1.2.4.92",
+    "image/jphc": "1.2.840.10008.1.2.4.201",
+}
 
-    No transcoder exists yet, so only identical syntaxes qualify.
-    """
-    return stored_transfer_syntax_uid == requested_transfer_syntax_uid
+Pixels = PixelDescription | None | Callable[[], PixelDescription | None]
+"""The stored instance's Image Pixel attributes, or a function that reads them (called
+at most once, and only when a transcoding has to be judged)."""
 
 
-def _no_transcoding(stored: str, requested: str) -> str:
-    return f"transcoding from {stored} to {requested} is not available"
+@dataclass(slots=True)
+class _Lazy:
+    source: Pixels
+    _value: PixelDescription | None = None
+    _done: bool = False
+
+    def get(self) -> PixelDescription | None:
+        if not self._done:
+            self._value = self.source() if callable(self.source) else self.source
+            self._done = True
+        return self._value
+
+
+def transcoding_available(
+    stored_transfer_syntax_uid: str, requested_transfer_syntax_uid: str, pixels: PixelDescription | None
+) -> bool:
+    """Whether an instance stored in the one syntax can be sent in the other (``pixels``:
+    its Image Pixel attributes, None without Pixel Data); see :func:`transcode.can_transcode`."""
+    return can_transcode(stored_transfer_syntax_uid, requested_transfer_syntax_uid, pixels) is None
+
+
+def frame_media_type(transfer_syntax_uid: str) -> str:
+    """The part media type of frames in ``transfer_syntax_uid`` (PS3.18 Tables 8.7.3-4/-5)."""
+    if transfer_syntax_uid in NATIVE_TRANSFER_SYNTAXES:
+        return OCTET_STREAM
+    return FRAME_MEDIA_TYPES.get(transfer_syntax_uid, OCTET_STREAM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,25 +206,54 @@ class InstanceMedia:
     """How to send instances: multipart or single part, and acceptable syntaxes.
 
     ``transfer_syntaxes`` are the acceptable ``transfer-syntax`` values in the
-    client's order of preference; ``*`` means "as stored".
+    client's order of preference: a UID, ``*`` ("as stored"), or None where a
+    range named none (the default, Explicit VR Little Endian).
     """
 
     multipart: bool
-    transfer_syntaxes: tuple[str, ...]
+    transfer_syntaxes: tuple[str | None, ...]
 
-    def transfer_syntax_for(self, stored_transfer_syntax_uid: str) -> str:
-        """The syntax to send an instance stored in ``stored_transfer_syntax_uid`` in."""
+    def as_stored(self, stored_transfer_syntax_uid: str) -> bool:
+        """Whether the client's first choice is the stored syntax (no pixels to look at)."""
+        first = self.transfer_syntaxes[0]
+        return first in (ANY_TRANSFER_SYNTAX, stored_transfer_syntax_uid) or (
+            first is None and stored_transfer_syntax_uid == EXPLICIT_VR_LITTLE_ENDIAN
+        )
+
+    def transfer_syntax_for(self, stored_transfer_syntax_uid: str, pixels: Pixels) -> str:
+        """The syntax to send an instance stored in ``stored_transfer_syntax_uid`` in.
+
+        The default (no ``transfer-syntax``) is Explicit VR Little Endian
+        (PS3.18 §8.7.3.4); when it cannot be produced (Pixel Data too long for
+        it, or no decoder for the stored syntax, e.g. video) the instance goes
+        as stored, which §8.7.3.4 Note 2 permits for lossy and over-long data,
+        and its part's ``transfer-syntax`` says so.
+        """
+        stored = stored_transfer_syntax_uid
+        lazy = _Lazy(pixels)
+        reasons: list[str] = []
         for wanted in self.transfer_syntaxes:
-            if wanted in (ANY_TRANSFER_SYNTAX, stored_transfer_syntax_uid):
-                return stored_transfer_syntax_uid
-            if transcoding_available(stored_transfer_syntax_uid, wanted):
+            if wanted in (ANY_TRANSFER_SYNTAX, stored):
+                return stored
+            if wanted is None:
+                if can_transcode(stored, EXPLICIT_VR_LITTLE_ENDIAN, lazy.get()) is None:
+                    return EXPLICIT_VR_LITTLE_ENDIAN
+                return stored
+            reason = can_transcode(stored, wanted, lazy.get())
+            if reason is None:
                 return wanted
-        raise NotAcceptable(_no_transcoding(stored_transfer_syntax_uid, " or ".join(self.transfer_syntaxes)))
+            if reason not in reasons:
+                reasons.append(reason)
+        raise NotAcceptable(f"the instance is stored in {name_of(stored)}: " + "; ".join(reasons))
 
-    def part_content_type(self, stored_transfer_syntax_uid: str) -> str:
+    def part_content_type(self, stored_transfer_syntax_uid: str, pixels: Pixels) -> str:
         """``application/dicom; transfer-syntax=<uid>`` for one instance (PS3.18 §8.7.3.5.2)."""
-        syntax = self.transfer_syntax_for(stored_transfer_syntax_uid)
-        return f"{APPLICATION_DICOM}; transfer-syntax={syntax}"
+        syntax = self.transfer_syntax_for(stored_transfer_syntax_uid, pixels)
+        return instance_content_type(syntax)
+
+
+def instance_content_type(transfer_syntax_uid: str) -> str:
+    return f"{APPLICATION_DICOM}; transfer-syntax={transfer_syntax_uid}"
 
 
 def _instance_packaging(r: MediaRange, single_part_allowed: bool) -> bool | None:
@@ -206,13 +274,12 @@ def choose_instance_media(accept: str | None, *, single_part_allowed: bool) -> I
 
     ``single_part_allowed`` is true when exactly one instance is addressed.
     ``*/*`` gives ``multipart/related; type="application/dicom"``. An absent
-    ``transfer-syntax`` parameter is read as "as stored": PS3.18 §8.7.3.5.2
-    names Explicit VR Little Endian as the default, which would need
-    transcoding; serving the stored bytes is the tolerant reading.
+    ``transfer-syntax`` parameter is kept as None: the media type's default,
+    Explicit VR Little Endian (PS3.18 §8.7.3.4, Table 8.7.3-2, §8.7.8.2).
     """
     ranges = parse_accept(accept)
     chosen: bool | None = None
-    syntaxes: list[str] = []
+    syntaxes: list[str | None] = []
     for r in ranges:
         packaging = _instance_packaging(r, single_part_allowed)
         if packaging is None:
@@ -220,7 +287,7 @@ def choose_instance_media(accept: str | None, *, single_part_allowed: bool) -> I
         if chosen is None:
             chosen = packaging
         if packaging == chosen:
-            syntax = r.transfer_syntax or ANY_TRANSFER_SYNTAX
+            syntax = r.transfer_syntax or None
             if syntax not in syntaxes:
                 syntaxes.append(syntax)
     if chosen is None:
@@ -258,37 +325,38 @@ def stored_frame_media(stored_transfer_syntax_uid: str) -> tuple[str, str]:
     return FRAME_MEDIA_TYPES.get(stored_transfer_syntax_uid, OCTET_STREAM), stored_transfer_syntax_uid
 
 
-def _frame_range_fits(r: MediaRange, media_type: str, syntax: str) -> tuple[bool, str | None]:
-    """(fits, syntax the range asks for that we lack) for one Accept range and multipart."""
+def _frame_part(r: MediaRange, single_part_allowed: bool) -> tuple[MediaRange, bool] | None:
+    """(the part media range, multipart?) that Accept range ``r`` asks frames in, if any."""
     mt = r.media_type
-    if mt.essence not in ("*/*", "multipart/*", "multipart/related"):
-        return False, None
-    part_type = (mt.param("type") or "*/*").strip().lower()
-    part = MediaRange(parse_media_type(part_type), 1.0)
-    wanted = r.transfer_syntax
-    if wanted in (ANY_TRANSFER_SYNTAX, syntax):
-        return True, None  # "*" means as stored, whatever the part type says
-    if wanted is None:
-        if part.matches(media_type):
-            return True, None
-        # octet-stream without a syntax means Explicit VR Little Endian (§8.7.3.3.1).
-        return False, EXPLICIT_VR_LITTLE_ENDIAN if part_type == OCTET_STREAM else None
-    if transcoding_available(syntax, wanted):
-        return True, None
-    return False, wanted
+    if mt.essence in ("*/*", "multipart/*", "multipart/related"):
+        part_type = (mt.param("type") or "*/*").strip().lower()
+        return MediaRange(parse_media_type(part_type), 1.0), True
+    if single_part_allowed and mt.type != "multipart":
+        return MediaRange(parse_media_type(mt.essence), 1.0), False
+    return None
 
 
 def choose_frame_media(
-    accept: str | None, stored_transfer_syntax_uid: str, *, single_part_allowed: bool = False
+    accept: str | None,
+    stored_transfer_syntax_uid: str,
+    *,
+    single_part_allowed: bool = False,
+    pixels: Pixels = None,
 ) -> FrameMedia:
     """Choose how to send frames of an instance stored in ``stored_transfer_syntax_uid``.
 
     PS3.18 §10.4.1.1.5 / §8.7.3.3: ``multipart/related; type=<part>[;
-    transfer-syntax=<uid>]``. ``transfer-syntax=*`` and ``*/*`` give the
-    stored representation; a part type without a syntax fits when it is the
-    stored syntax's media type. ``single_part_allowed`` (one frame
-    requested) also lets a bare ``image/jpeg`` etc. select a single-part
-    response.
+    transfer-syntax=<uid>]``, ranges tried best first. ``transfer-syntax=*``
+    and ``*/*`` give the stored representation; a part type without a syntax
+    gives the stored one when it is of that type (an ``image/jpeg`` request
+    for JPEG Baseline frames), else the type's default syntax (Tables
+    8.7.3-4/-5: ``application/octet-stream`` → Explicit VR Little Endian,
+    ``image/jls`` → JPEG-LS Lossless...). A syntax other than the stored one
+    is produced when :func:`transcode.can_transcode` allows it for
+    ``pixels`` (the instance's Image Pixel attributes; without them, only
+    the stored representation is offered). ``single_part_allowed`` (one
+    frame requested) also lets a bare ``image/jpeg`` etc. select a
+    single-part response.
     """
     if is_video(stored_transfer_syntax_uid):
         raise NotAcceptable(
@@ -297,22 +365,32 @@ def choose_frame_media(
         )
     media_type, syntax = stored_frame_media(stored_transfer_syntax_uid)
     ranges = parse_accept(accept)
-    missing: list[str] = []
+    lazy = _Lazy(pixels)
+    reasons: list[str] = []
     for r in ranges:
-        fits, lacking = _frame_range_fits(r, media_type, syntax)
-        if fits:
-            return FrameMedia(media_type, syntax, multipart=True)
-        if single_part_allowed and r.media_type.type != "multipart" and r.matches(media_type):
-            wanted = r.transfer_syntax
-            if wanted in (None, ANY_TRANSFER_SYNTAX, syntax):
-                return FrameMedia(media_type, syntax, multipart=False)
-            lacking = wanted
-        if lacking and lacking not in missing:
-            missing.append(lacking)
-    if missing:
-        raise NotAcceptable(
-            f"frames are stored as {media_type} in {syntax}; " + _no_transcoding(syntax, " or ".join(missing))
+        found = _frame_part(r, single_part_allowed)
+        if found is None:
+            continue
+        part, multipart = found
+        wanted = r.transfer_syntax
+        if wanted in (ANY_TRANSFER_SYNTAX, syntax) or (wanted is None and part.matches(media_type)):
+            return FrameMedia(media_type, syntax, multipart=multipart)
+        if wanted is None:
+            wanted = DEFAULT_FRAME_TRANSFER_SYNTAXES.get(part.media_type.essence)
+            if wanted is None:
+                continue
+        description = lazy.get() if pixels is not None else None
+        reason: str | None = (
+            f"transcoding from {name_of(syntax)} to {name_of(wanted)} is not available here"
+            if description is None
+            else can_transcode(syntax, wanted, description)
         )
+        if reason is None:
+            return FrameMedia(frame_media_type(wanted), wanted, multipart=multipart)
+        if reason not in reasons:
+            reasons.append(reason)
+    if reasons:
+        raise NotAcceptable(f"frames are stored as {media_type} in {name_of(syntax)}: " + "; ".join(reasons))
     raise NotAcceptable(
         f'frames are available as multipart/related; type="{media_type}"; '
         f"transfer-syntax={syntax}, "

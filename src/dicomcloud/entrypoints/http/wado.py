@@ -1,17 +1,21 @@
 """WADO-RS (PS3.18 §10.4): instances, metadata, bulk data and frames.
 
-Instances are streamed as stored, byte for byte; metadata is served from the
+Instances are streamed as stored, byte for byte, unless the Accept header
+asks for another Transfer Syntax (PS3.18 §8.7.3; the default is Explicit VR
+Little Endian): then each instance is transcoded as the stream reaches it,
+so a study is never held in memory whole. Metadata is served from the
 precomputed files of the webworker (brought up to date first if stale, so
 ``/metadata`` lists every instance QIDO lists); frames are cut from the
-stored Pixel Data without decoding. Parsing happens in worker threads.
+stored Pixel Data and decoded / re-encoded only when another syntax is asked
+for. Parsing and transcoding happen in worker threads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import hashlib
-import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,11 +29,13 @@ from starlette.routing import Route
 from dicomcloud.domain import frames as frames_mod
 from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey, instance_path
 from dicomcloud.domain.media import (
-    ANY_TRANSFER_SYNTAX,
+    FrameMedia,
     InstanceMedia,
     choose_frame_media,
     choose_instance_media,
     choose_metadata_media,
+    instance_content_type,
+    stored_frame_media,
 )
 from dicomcloud.domain.multipart import (
     Part,
@@ -37,8 +43,9 @@ from dicomcloud.domain.multipart import (
     multipart_related_type,
     new_boundary,
 )
+from dicomcloud.domain.transcode import PixelDescription, transcode_frames, transcode_instance
 from dicomcloud.entrypoints.http.context import archive, path_uid, service_url, tenant_of
-from dicomcloud.errors import InvalidInput, NotFound
+from dicomcloud.errors import InvalidInput, MalformedDicom, NotFound
 
 APPLICATION_DICOM = "application/dicom"
 OCTET_STREAM = "application/octet-stream"
@@ -65,47 +72,96 @@ def _instance(request: Request) -> InstanceKey:
     )
 
 
+_PIXEL_TAGS = [
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+]
+
+
+def _pixel_description(path: str) -> PixelDescription | None:
+    """The Image Pixel attributes of a stored instance (its header only); None for non-images."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=_PIXEL_TAGS)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage
+        raise MalformedDicom(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
+    return PixelDescription.from_dataset(ds)
+
+
 def _stored_transfer_syntax(path: str) -> str:
-    return str(read_file_meta_info(path).TransferSyntaxUID)
+    try:
+        return str(read_file_meta_info(path).TransferSyntaxUID).strip()
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # not Part 10, or no TransferSyntaxUID
+        raise MalformedDicom(f"unreadable file meta information: {type(exc).__name__}: {exc}") from exc
 
 
 # --- instances -----------------------------------------------------------------------
 
 
-def _needs_syntax_check(media: InstanceMedia) -> bool:
-    return ANY_TRANSFER_SYNTAX not in media.transfer_syntaxes
+def _plan(paths: Sequence[str], media: InstanceMedia) -> list[tuple[str, str] | None]:
+    """(stored, to send) syntax per path, None when the file is gone; 406 before any byte."""
+    plans: list[tuple[str, str] | None] = []
+    for path in paths:
+        try:
+            stored = _stored_transfer_syntax(path)
+            if media.as_stored(stored):
+                plans.append((stored, stored))
+                continue
+            plans.append((stored, media.transfer_syntax_for(stored, functools.partial(_pixel_description, path))))
+        except FileNotFoundError:
+            plans.append(None)
+    return plans
+
+
+def _instance_bytes(path: str, plan: tuple[str, str]) -> bytes:
+    data = _read(path)
+    stored, send = plan
+    return data if send == stored else transcode_instance(data, send)
 
 
 async def _instances_response(request: Request, keys: Sequence[InstanceKey], *, single: bool) -> Response:
     a = archive(request)
     media = choose_instance_media(request.headers.get("accept"), single_part_allowed=single)
     paths = [str(a.blobs.absolute(instance_path(k))) for k in keys]
-    content_types: list[str] = []
-    if _needs_syntax_check(media):
-        # Decide every part's syntax (or 406) before the first byte is sent.
-        for p in paths:
-            try:
-                stored = await asyncio.to_thread(_stored_transfer_syntax, p)
-            except FileNotFoundError as exc:
-                raise NotFound("instance not found") from exc
-            content_types.append(media.part_content_type(stored))
-    if not media.multipart:
+    # Decide every part's syntax (or 406) before the first byte is sent.
+    plans = await asyncio.to_thread(_plan, paths, media)
+    if len(paths) == 1:
+        plan = plans[0]
+        if plan is None:
+            raise NotFound(f"instance {keys[0].sop_instance_uid} not found")
         try:
-            data = await asyncio.to_thread(_read, paths[0])
+            data = await asyncio.to_thread(_instance_bytes, paths[0], plan)
         except FileNotFoundError as exc:
             raise NotFound(f"instance {keys[0].sop_instance_uid} not found") from exc
-        return Response(data, media_type=content_types[0] if content_types else APPLICATION_DICOM)
-    if len(paths) == 1 and not await asyncio.to_thread(_exists, paths[0]):
-        raise NotFound(f"instance {keys[0].sop_instance_uid} not found")
+        content_type = instance_content_type(plan[1])
+        if not media.multipart:
+            return Response(data, media_type=content_type)
+        boundary = new_boundary()
+        body = b"".join(bytes(c) for c in encode_multipart_related([Part.of(content_type, data)], boundary))
+        return Response(body, media_type=multipart_related_type(APPLICATION_DICOM, boundary))
     boundary = new_boundary()
 
     def parts() -> Iterator[Part]:
-        for i, path in enumerate(paths):
+        # One instance at a time: read (and transcode) as the stream reaches it. A
+        # failure past the first byte can only abort the stream (no closing boundary).
+        for path, plan in zip(paths, plans, strict=True):
+            if plan is None:
+                continue
             try:
-                data = _read(path)
+                data = _instance_bytes(path, plan)
             except FileNotFoundError:
                 continue  # removed meanwhile; the others still go out
-            yield Part.of(content_types[i] if content_types else APPLICATION_DICOM, data)
+            yield Part.of(instance_content_type(plan[1]), data)
 
     # A sync iterator: Starlette runs it in a worker thread, off the event loop.
     return StreamingResponse(
@@ -117,10 +173,6 @@ async def _instances_response(request: Request, keys: Sequence[InstanceKey], *, 
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def _exists(path: str) -> bool:
-    return os.path.isfile(path)
 
 
 async def retrieve_study(request: Request) -> Response:
@@ -261,14 +313,35 @@ def _parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
-async def retrieve_frames(request: Request) -> Response:
-    a = archive(request)
-    key = _instance(request)
-    numbers = _parse_frame_list(request.path_params["frames"])
-    path = a.blobs.absolute(instance_path(key))
-    result = await asyncio.to_thread(frames_mod.read_frames, path, numbers)
-    stored_ts, frames = result.transfer_syntax_uid, result.frames
-    media = choose_frame_media(request.headers.get("accept"), stored_ts, single_part_allowed=len(numbers) == 1)
+def _frames_answer(
+    path: str, numbers: Sequence[int] | None, accept: str | None, single: bool
+) -> tuple[FrameMedia, list[bytes | memoryview]]:
+    """The chosen representation and the frames in it (all frames when ``numbers`` is None).
+
+    Frames are cut as stored; the Image Pixel attributes are read (and the
+    frames decoded and re-encoded) only when another syntax is chosen.
+    """
+    if numbers is None:
+        numbers = range(1, frames_mod.frame_count(path) + 1)
+    found = frames_mod.read_frames(path, numbers)
+    description: list[PixelDescription | None] = []
+
+    def pixels() -> PixelDescription | None:
+        if not description:
+            description.append(_pixel_description(path))
+        return description[0]
+
+    media = choose_frame_media(accept, found.transfer_syntax_uid, single_part_allowed=single, pixels=pixels)
+    _media_type, stored = stored_frame_media(found.transfer_syntax_uid)
+    if media.transfer_syntax_uid == stored:
+        return media, list(found.frames)
+    px = pixels()
+    if px is None:
+        raise MalformedDicom("the instance has Pixel Data but no Rows and Columns")
+    return media, list(transcode_frames(found.frames, px, stored, media.transfer_syntax_uid))
+
+
+def _frames_response(media: FrameMedia, frames: Sequence[bytes | memoryview]) -> Response:
     if not media.multipart:
         return Response(bytes(frames[0]), media_type=media.part_content_type)
     boundary = new_boundary()
@@ -277,8 +350,15 @@ async def retrieve_frames(request: Request) -> Response:
     return Response(body, media_type=multipart_related_type(media.media_type, boundary))
 
 
-def _all_frames(path: str) -> frames_mod.Frames:
-    return frames_mod.read_frames(path, range(1, frames_mod.frame_count(path) + 1))
+async def retrieve_frames(request: Request) -> Response:
+    a = archive(request)
+    key = _instance(request)
+    numbers = _parse_frame_list(request.path_params["frames"])
+    path = str(a.blobs.absolute(instance_path(key)))
+    media, frames = await asyncio.to_thread(
+        _frames_answer, path, numbers, request.headers.get("accept"), len(numbers) == 1
+    )
+    return _frames_response(media, frames)
 
 
 def _bulk_value(path: str, tag: int) -> bytes:
@@ -301,14 +381,8 @@ async def retrieve_bulkdata(request: Request) -> Response:
     path = str(a.blobs.absolute(instance_path(key)))
     if tag == 0x7FE00010:
         # Pixel Data: its frames, each with its transfer syntax (PS3.18 §10.4.1.1.4).
-        result = await asyncio.to_thread(_all_frames, path)
-        stored_ts, frames = result.transfer_syntax_uid, result.frames
-        media = choose_frame_media(request.headers.get("accept"), stored_ts)
-        boundary = new_boundary()
-        body = b"".join(
-            bytes(c) for c in encode_multipart_related([Part.of(media.part_content_type, f) for f in frames], boundary)
-        )
-        return Response(body, media_type=multipart_related_type(media.media_type, boundary))
+        media, frames = await asyncio.to_thread(_frames_answer, path, None, request.headers.get("accept"), False)
+        return _frames_response(media, frames)
     try:
         value = await asyncio.to_thread(_bulk_value, path, tag)
     except FileNotFoundError as exc:
