@@ -1,7 +1,8 @@
 """The DICOMweb ASGI application (PS3.18): routes, errors, CORS.
 
 The default tenant is served at ``/dicom-web``; every tenant at
-``/tenants/{tenant}/dicom-web``. Errors from the tree in ``errors.py`` become
+``/tenants/{tenant}/dicom-web``; WADO-URI at ``/wado`` and
+``/tenants/{tenant}/wado``. Errors from the tree in ``errors.py`` become
 their HTTP status with the reason as a plain-text body and a ``Warning``
 header (PS3.18 §8.5); the service keeps serving.
 """
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from dicomcloud.entrypoints.http import qido, stow, wado
+from dicomcloud.entrypoints.http import qido, rendered, stow, wado, wado_uri
 from dicomcloud.errors import DicomCloudError, http_status
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ async def health(request: Request) -> Response:
 
 
 def dicomweb_routes() -> list[BaseRoute]:
-    return [*qido.routes(), *stow.routes(), *wado.routes()]
+    return [*qido.routes(), *stow.routes(), *wado.routes(), *rendered.routes()]
 
 
 def create_app(archive: Archive) -> Starlette:
@@ -55,6 +56,7 @@ def create_app(archive: Archive) -> Starlette:
             Route("/healthz", health),
             Mount("/dicom-web", routes=routes),
             Mount("/tenants/{tenant}/dicom-web", routes=routes),
+            *wado_uri.routes(),  # the URI Service: /wado and /tenants/{tenant}/wado
         ],
         middleware=[
             Middleware(
