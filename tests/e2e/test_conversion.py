@@ -93,6 +93,29 @@ def test_up_converts_what_the_viewer_cannot_decode(start_archive: Callable[..., 
         assert r.status_code == 200, r.text
         assert sorted(o["00080018"]["Value"][0] for o in r.json()) == sorted(key)
 
+        # WADO-RS: a viewer asking for "any syntax" gets the rendition; a client naming
+        # the stored syntax gets the original, byte for byte.
+        url = f"/dicom-web/studies/{study}/series/{series_uid}/instances/{part2.SOPInstanceUID}"
+        r = http.get(url, headers={"Accept": "application/dicom; transfer-syntax=*"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == f"application/dicom; transfer-syntax={JPEGLSLossless}"
+        assert np.array_equal(read(r.content).pixel_array, part2_pixels)
+        stored = str(part2.file_meta.TransferSyntaxUID)
+        r = http.get(url, headers={"Accept": f"application/dicom; transfer-syntax={stored}"})
+        assert r.status_code == 200, r.text
+        assert r.content == originals[part2.SOPInstanceUID]
+        # No syntax named: Explicit VR Little Endian, made from the rendition (no decoder
+        # for the stored JPEG 2000 Part 2 is needed).
+        r = http.get(url, headers={"Accept": "application/dicom"})
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == f"application/dicom; transfer-syntax={ExplicitVRLittleEndian}"
+        assert np.array_equal(read(r.content).pixel_array, part2_pixels)
+        # Frames for a viewer: from the rendition, in its syntax.
+        r = http.get(f"{url}/frames/1", headers={"Accept": "*/*"})
+        assert r.status_code == 200, r.text
+        assert 'type="image/jls"' in r.headers["content-type"]  # the original's would be image/jpx
+        assert f"transfer-syntax={JPEGLSLossless}".encode() in r.content[:400]  # the part's Content-Type
+
 
 def test_converter_is_a_service(tmp_path: Path) -> None:
     from dicomcloud.entrypoints.cli import main

@@ -17,7 +17,7 @@ import functools
 import gzip
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -35,6 +35,7 @@ from dicomcloud.domain.media import (
     choose_instance_media,
     choose_metadata_media,
     instance_content_type,
+    parse_accept,
     stored_frame_media,
 )
 from dicomcloud.domain.multipart import (
@@ -46,6 +47,8 @@ from dicomcloud.domain.multipart import (
 from dicomcloud.domain.transcode import PixelDescription, transcode_frames, transcode_instance
 from dicomcloud.entrypoints.http.context import archive, path_uid, service_url, tenant_of
 from dicomcloud.errors import InvalidInput, MalformedDicom, NotFound
+from dicomcloud.ports import BlobStore
+from dicomcloud.usecases.convert import rendition_for
 
 APPLICATION_DICOM = "application/dicom"
 OCTET_STREAM = "application/octet-stream"
@@ -108,42 +111,63 @@ def _stored_transfer_syntax(path: str) -> str:
 # --- instances -----------------------------------------------------------------------
 
 
-def _plan(paths: Sequence[str], media: InstanceMedia) -> list[tuple[str, str] | None]:
-    """(stored, to send) syntax per path, None when the file is gone; 406 before any byte."""
-    plans: list[tuple[str, str] | None] = []
-    for path in paths:
+def _source(blobs: BlobStore, key: InstanceKey, path: str, named: Collection[str | None]) -> tuple[str, str | None]:
+    """Where to read an instance from, and its syntax if already known.
+
+    Its rendition (the converter's, in a syntax viewers decode) when one is
+    current — only instances stored in a syntax the viewer cannot decode have
+    one — unless the client named the stored syntax: then the original.
+    """
+    found = rendition_for(blobs, key)
+    if found is None:
+        return path, None
+    stored = _stored_transfer_syntax(path)
+    if stored in named:
+        return path, stored
+    relative, syntax = found
+    return str(blobs.absolute(relative)), syntax
+
+
+Plan = tuple[str, str, str]  # path to read, its syntax, syntax to send
+
+
+def _plan(blobs: BlobStore, keys: Sequence[InstanceKey], media: InstanceMedia) -> list[Plan | None]:
+    """(path, its syntax, syntax to send) per instance, None when the file is gone; 406 before any byte."""
+    plans: list[Plan | None] = []
+    for key in keys:
         try:
-            stored = _stored_transfer_syntax(path)
+            path, syntax = _source(blobs, key, str(blobs.absolute(instance_path(key))), media.transfer_syntaxes)
+            stored = syntax or _stored_transfer_syntax(path)
             if media.as_stored(stored):
-                plans.append((stored, stored))
+                plans.append((path, stored, stored))
                 continue
-            plans.append((stored, media.transfer_syntax_for(stored, functools.partial(_pixel_description, path))))
+            send = media.transfer_syntax_for(stored, functools.partial(_pixel_description, path))
+            plans.append((path, stored, send))
         except FileNotFoundError:
             plans.append(None)
     return plans
 
 
-def _instance_bytes(path: str, plan: tuple[str, str]) -> bytes:
+def _instance_bytes(plan: Plan) -> bytes:
+    path, stored, send = plan
     data = _read(path)
-    stored, send = plan
     return data if send == stored else transcode_instance(data, send)
 
 
 async def _instances_response(request: Request, keys: Sequence[InstanceKey], *, single: bool) -> Response:
     a = archive(request)
     media = choose_instance_media(request.headers.get("accept"), single_part_allowed=single)
-    paths = [str(a.blobs.absolute(instance_path(k))) for k in keys]
-    # Decide every part's syntax (or 406) before the first byte is sent.
-    plans = await asyncio.to_thread(_plan, paths, media)
-    if len(paths) == 1:
+    # Decide every part's source and syntax (or 406) before the first byte is sent.
+    plans = await asyncio.to_thread(_plan, a.blobs, keys, media)
+    if len(keys) == 1:
         plan = plans[0]
         if plan is None:
             raise NotFound(f"instance {keys[0].sop_instance_uid} not found")
         try:
-            data = await asyncio.to_thread(_instance_bytes, paths[0], plan)
+            data = await asyncio.to_thread(_instance_bytes, plan)
         except FileNotFoundError as exc:
             raise NotFound(f"instance {keys[0].sop_instance_uid} not found") from exc
-        content_type = instance_content_type(plan[1])
+        content_type = instance_content_type(plan[2])
         if not media.multipart:
             return Response(data, media_type=content_type)
         boundary = new_boundary()
@@ -154,14 +178,14 @@ async def _instances_response(request: Request, keys: Sequence[InstanceKey], *, 
     def parts() -> Iterator[Part]:
         # One instance at a time: read (and transcode) as the stream reaches it. A
         # failure past the first byte can only abort the stream (no closing boundary).
-        for path, plan in zip(paths, plans, strict=True):
+        for plan in plans:
             if plan is None:
                 continue
             try:
-                data = _instance_bytes(path, plan)
+                data = _instance_bytes(plan)
             except FileNotFoundError:
                 continue  # removed meanwhile; the others still go out
-            yield Part.of(instance_content_type(plan[1]), data)
+            yield Part.of(instance_content_type(plan[2]), data)
 
     # A sync iterator: Starlette runs it in a worker thread, off the event loop.
     return StreamingResponse(
@@ -350,14 +374,21 @@ def _frames_response(media: FrameMedia, frames: Sequence[bytes | memoryview]) ->
     return Response(body, media_type=multipart_related_type(media.media_type, boundary))
 
 
+def _frames_source(blobs: BlobStore, key: InstanceKey, accept: str | None) -> str:
+    named = [r.transfer_syntax for r in parse_accept(accept)] if accept else []
+    return _source(blobs, key, str(blobs.absolute(instance_path(key))), named)[0]
+
+
 async def retrieve_frames(request: Request) -> Response:
     a = archive(request)
     key = _instance(request)
     numbers = _parse_frame_list(request.path_params["frames"])
-    path = str(a.blobs.absolute(instance_path(key)))
-    media, frames = await asyncio.to_thread(
-        _frames_answer, path, numbers, request.headers.get("accept"), len(numbers) == 1
-    )
+    accept = request.headers.get("accept")
+
+    def answer() -> tuple[FrameMedia, list[bytes | memoryview]]:
+        return _frames_answer(_frames_source(a.blobs, key, accept), numbers, accept, len(numbers) == 1)
+
+    media, frames = await asyncio.to_thread(answer)
     return _frames_response(media, frames)
 
 
