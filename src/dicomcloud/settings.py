@@ -46,6 +46,9 @@ class Settings:
     max_stow_bytes: int = 4 * 1024**3
     qido_max_limit: int = 10_000
     qido_default_limit: int = 1_000
+    # processes for rendering (/rendered, /thumbnail, WADO-URI images): -1 one per core,
+    # 0 threads of the server process
+    render_workers: int = -1
     webworker_interval: float = 5.0  # the safety-net scan; events trigger builds sooner
     webworker_quiet_seconds: float = 0.5
     webworker_max_delay_seconds: float = 2.0

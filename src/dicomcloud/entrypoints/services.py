@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -26,6 +27,7 @@ from dicomcloud.domain.messages import (
     LOG_QUEUE,
     STORAGE_QUEUE,
 )
+from dicomcloud.entrypoints.http import cpu
 from dicomcloud.entrypoints.http.app import create_app
 from dicomcloud.entrypoints.storescp import StoreSCP
 from dicomcloud.errors import Unavailable
@@ -134,6 +136,7 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
         socket.create_server((s.http_host, s.http_port), family=family).close()
     except OSError as exc:
         raise Unavailable(f"the HTTP server could not listen on {s.http_host}:{s.http_port}: {exc.strerror}") from exc
+    cpu.configure((os.cpu_count() or 1) if s.render_workers < 0 else s.render_workers)
     http = _Server(config)
     task = asyncio.create_task(http.serve())
     while not http.started and not task.done():
@@ -150,6 +153,7 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
     finally:
         http.should_exit = True
         await task
+        cpu.stop()
 
 
 SERVICES: dict[str, Service] = {

@@ -42,6 +42,7 @@ from dicomcloud.domain import render
 from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey, instance_path
 from dicomcloud.domain.multipart import Part, encode_multipart_related, multipart_related_type, new_boundary
 from dicomcloud.domain.render_query import RenderedQuery, parse_rendered_query, parse_thumbnail_query
+from dicomcloud.entrypoints.http import cpu
 from dicomcloud.entrypoints.http.context import archive, path_uid, tenant_of
 from dicomcloud.errors import DicomCloudError, InvalidQuery, MalformedDicom, NotAcceptable, NotFound
 
@@ -95,6 +96,10 @@ def render_instance(path: str | Path, options: render.RenderOptions, *, represen
     number = (count + 1) // 2 if representative else 1
     found = frames_mod.read_frames(str(path), [number])
     return render.render(header, found.transfer_syntax_uid, found.frames[0], options)
+
+
+def _representative(path: str | Path, options: render.RenderOptions) -> bytes:
+    return render_instance(path, options, representative=True)
 
 
 def first_thumbnail(paths: Sequence[str | Path], options: render.RenderOptions) -> bytes:
@@ -221,7 +226,7 @@ async def rendered_series(request: Request) -> Response:
 async def rendered_instance(request: Request) -> Response:
     key = _instance(request)
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
-    data = await asyncio.to_thread(render_instance, _path(request, key), query.options)
+    data = await cpu.run(render_instance, _path(request, key), query.options)
     return Response(data, media_type=query.options.media_type, headers=_headers(query))
 
 
@@ -230,7 +235,7 @@ async def rendered_frames(request: Request) -> Response:
     numbers = parse_frame_numbers(request.path_params["frames"])
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
     options = query.options
-    images = await asyncio.to_thread(render_frames, _path(request, key), numbers, options)
+    images = await cpu.run(render_frames, _path(request, key), numbers, options)
     if len(images) == 1:
         return Response(images[0], media_type=options.media_type, headers=_headers(query))
     boundary = new_boundary()
@@ -285,7 +290,7 @@ async def thumbnail_study(request: Request) -> Response:
         if not keys:
             raise NotFound(f"study {key.study_instance_uid} not found")
         paths = [_path(request, k) for k in _series_middles(keys)]
-        return await asyncio.to_thread(first_thumbnail, paths, options)
+        return await cpu.run(first_thumbnail, paths, options)
 
     return await _thumbnail(request, key, ["study"], make)
 
@@ -297,7 +302,7 @@ async def thumbnail_series(request: Request) -> Response:
         keys = await archive(request).index.instances(key)
         if not keys:
             raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
-        return await asyncio.to_thread(render_instance, _path(request, _middle(keys)), options, representative=True)
+        return await cpu.run(_representative, _path(request, _middle(keys)), options)
 
     return await _thumbnail(request, key.study, ["series", key.series_instance_uid], make)
 
@@ -306,7 +311,7 @@ async def thumbnail_instance(request: Request) -> Response:
     key = _instance(request)
 
     async def make(options: render.RenderOptions) -> bytes:
-        return await asyncio.to_thread(render_instance, _path(request, key), options, representative=True)
+        return await cpu.run(_representative, _path(request, key), options)
 
     parts = ["instance", key.series_instance_uid, key.sop_instance_uid]
     return await _thumbnail(request, key.series.study, parts, make)
@@ -317,7 +322,7 @@ async def thumbnail_frames(request: Request) -> Response:
     number = parse_frame_numbers(request.path_params["frames"])[0]  # "Only a single image shall be returned"
 
     async def make(options: render.RenderOptions) -> bytes:
-        images = await asyncio.to_thread(render_frames, _path(request, key), [number], options)
+        images = await cpu.run(render_frames, _path(request, key), [number], options)
         return images[0]
 
     parts = ["frame", key.series_instance_uid, key.sop_instance_uid, str(number)]

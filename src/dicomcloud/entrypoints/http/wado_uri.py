@@ -50,6 +50,7 @@ from dicomcloud.domain.render_query import (
 )
 from dicomcloud.domain.transcode import transcode_instance
 from dicomcloud.domain.uids import validate_uid
+from dicomcloud.entrypoints.http import cpu
 from dicomcloud.entrypoints.http.context import archive, tenant_of
 from dicomcloud.entrypoints.http.rendered import read_header, warning_header
 from dicomcloud.errors import InvalidInput, InvalidQuery, NotAcceptable, NotFound
@@ -260,7 +261,7 @@ async def wado(request: Request) -> Response:
     if uri.media_type == APPLICATION_DICOM:
         data = await asyncio.to_thread(retrieve_dicom, path, uri.transfer_syntax)
         return Response(data, media_type=APPLICATION_DICOM)
-    media, data = await asyncio.to_thread(retrieve_rendered, path, uri)
+    media, data = await cpu.run(retrieve_rendered, path, uri)
     headers: dict[str, Any] = {}
     if uri.warnings and media != APPLICATION_DICOM:
         headers["Warning"] = ", ".join(warning_header(w) for w in uri.warnings)
