@@ -59,11 +59,10 @@ from dicomcloud.domain.messages import (
     encode,
 )
 from dicomcloud.domain.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicomcloud.domain.transfer_syntaxes import EXPLICIT_VR_BIG_ENDIAN, JPEG_LS_LOSSLESS
 from dicomcloud.domain.uids import validate_uid
 from dicomcloud.domain.viewer_syntaxes import (
     DECODE_AS,
-    EXPLICIT_VR_BIG_ENDIAN,
-    JPEG_LS_LOSSLESS,
     RENDITION_SYNTAXES,
     lossy_image_compression,
     unsupported_reason,

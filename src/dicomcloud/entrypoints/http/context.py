@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
+from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey
 from dicomcloud.domain.uids import validate_tenant, validate_uid
 
 if TYPE_CHECKING:
@@ -60,3 +61,25 @@ _LOCAL_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 def path_uid(request: Request, name: str, keyword: str) -> str:
     return validate_uid(request.path_params[name], keyword)
+
+
+def study_key(request: Request) -> StudyKey:
+    """The study a ``/studies/{study}/…`` route addresses, in the request's tenant."""
+    return StudyKey(tenant_of(request), path_uid(request, "study", "StudyInstanceUID"))
+
+
+def series_key(request: Request) -> SeriesKey:
+    return SeriesKey(
+        tenant_of(request),
+        path_uid(request, "study", "StudyInstanceUID"),
+        path_uid(request, "series", "SeriesInstanceUID"),
+    )
+
+
+def instance_key(request: Request) -> InstanceKey:
+    return InstanceKey(
+        tenant_of(request),
+        path_uid(request, "study", "StudyInstanceUID"),
+        path_uid(request, "series", "SeriesInstanceUID"),
+        path_uid(request, "instance", "SOPInstanceUID"),
+    )

@@ -39,11 +39,16 @@ from starlette.routing import Route
 
 from dicomcloud.domain import frames as frames_mod
 from dicomcloud.domain import render
-from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey, instance_path
+from dicomcloud.domain.layout import InstanceKey, StudyKey, instance_path
 from dicomcloud.domain.multipart import Part, encode_multipart_related, multipart_related_type, new_boundary
 from dicomcloud.domain.render_query import RenderedQuery, parse_rendered_query, parse_thumbnail_query
 from dicomcloud.entrypoints.http import cpu
-from dicomcloud.entrypoints.http.context import archive, path_uid, tenant_of
+from dicomcloud.entrypoints.http.context import (
+    archive,
+    instance_key,
+    series_key,
+    study_key,
+)
 from dicomcloud.errors import DicomCloudError, InvalidQuery, MalformedDicom, NotAcceptable, NotFound
 
 log = logging.getLogger(__name__)
@@ -132,25 +137,6 @@ def _rendered_parts(
 # --- requests ----------------------------------------------------------------------------
 
 
-def _study(request: Request) -> StudyKey:
-    return StudyKey(tenant_of(request), path_uid(request, "study", "StudyInstanceUID"))
-
-
-def _series(request: Request) -> SeriesKey:
-    return SeriesKey(
-        tenant_of(request),
-        path_uid(request, "study", "StudyInstanceUID"),
-        path_uid(request, "series", "SeriesInstanceUID"),
-    )
-
-
-def _instance(request: Request) -> InstanceKey:
-    return InstanceKey(
-        tenant_of(request),
-        path_uid(request, "study", "StudyInstanceUID"),
-        path_uid(request, "series", "SeriesInstanceUID"),
-        path_uid(request, "instance", "SOPInstanceUID"),
-    )
 
 
 def parse_frame_numbers(text: str) -> list[int]:
@@ -206,7 +192,7 @@ async def _multipart(request: Request, keys: Sequence[InstanceKey], query: Rende
 
 
 async def rendered_study(request: Request) -> Response:
-    key = _study(request)
+    key = study_key(request)
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
     keys = await archive(request).index.instances(key)
     if not keys:
@@ -215,7 +201,7 @@ async def rendered_study(request: Request) -> Response:
 
 
 async def rendered_series(request: Request) -> Response:
-    key = _series(request)
+    key = series_key(request)
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
     keys = await archive(request).index.instances(key)
     if not keys:
@@ -224,14 +210,14 @@ async def rendered_series(request: Request) -> Response:
 
 
 async def rendered_instance(request: Request) -> Response:
-    key = _instance(request)
+    key = instance_key(request)
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
     data = await cpu.run(render_instance, _path(request, key), query.options)
     return Response(data, media_type=query.options.media_type, headers=_headers(query))
 
 
 async def rendered_frames(request: Request) -> Response:
-    key = _instance(request)
+    key = instance_key(request)
     numbers = parse_frame_numbers(request.path_params["frames"])
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
     options = query.options
@@ -283,7 +269,7 @@ async def _thumbnail(request: Request, study: StudyKey, parts: list[str], make: 
 
 
 async def thumbnail_study(request: Request) -> Response:
-    key = _study(request)
+    key = study_key(request)
 
     async def make(options: render.RenderOptions) -> bytes:
         keys = await archive(request).index.instances(key)
@@ -296,7 +282,7 @@ async def thumbnail_study(request: Request) -> Response:
 
 
 async def thumbnail_series(request: Request) -> Response:
-    key = _series(request)
+    key = series_key(request)
 
     async def make(options: render.RenderOptions) -> bytes:
         keys = await archive(request).index.instances(key)
@@ -308,7 +294,7 @@ async def thumbnail_series(request: Request) -> Response:
 
 
 async def thumbnail_instance(request: Request) -> Response:
-    key = _instance(request)
+    key = instance_key(request)
 
     async def make(options: render.RenderOptions) -> bytes:
         return await cpu.run(_representative, _path(request, key), options)
@@ -318,7 +304,7 @@ async def thumbnail_instance(request: Request) -> Response:
 
 
 async def thumbnail_frames(request: Request) -> Response:
-    key = _instance(request)
+    key = instance_key(request)
     number = parse_frame_numbers(request.path_params["frames"])[0]  # "Only a single image shall be returned"
 
     async def make(options: render.RenderOptions) -> bytes:

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from dicomcloud.domain import frames as frames_mod
-from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey, instance_path
+from dicomcloud.domain.layout import InstanceKey, instance_path
 from dicomcloud.domain.media import (
     FrameMedia,
     InstanceMedia,
@@ -45,7 +45,13 @@ from dicomcloud.domain.multipart import (
     new_boundary,
 )
 from dicomcloud.domain.transcode import PixelDescription, transcode_frames, transcode_instance
-from dicomcloud.entrypoints.http.context import archive, path_uid, service_url, tenant_of
+from dicomcloud.entrypoints.http.context import (
+    archive,
+    instance_key,
+    series_key,
+    service_url,
+    study_key,
+)
 from dicomcloud.errors import InvalidInput, MalformedDicom, NotFound
 from dicomcloud.ports import BlobStore
 from dicomcloud.usecases.convert import rendition_for
@@ -54,25 +60,6 @@ APPLICATION_DICOM = "application/dicom"
 OCTET_STREAM = "application/octet-stream"
 
 
-def _study(request: Request) -> StudyKey:
-    return StudyKey(tenant_of(request), path_uid(request, "study", "StudyInstanceUID"))
-
-
-def _series(request: Request) -> SeriesKey:
-    return SeriesKey(
-        tenant_of(request),
-        path_uid(request, "study", "StudyInstanceUID"),
-        path_uid(request, "series", "SeriesInstanceUID"),
-    )
-
-
-def _instance(request: Request) -> InstanceKey:
-    return InstanceKey(
-        tenant_of(request),
-        path_uid(request, "study", "StudyInstanceUID"),
-        path_uid(request, "series", "SeriesInstanceUID"),
-        path_uid(request, "instance", "SOPInstanceUID"),
-    )
 
 
 _PIXEL_TAGS = [
@@ -200,7 +187,7 @@ def _read(path: str) -> bytes:
 
 
 async def retrieve_study(request: Request) -> Response:
-    key = _study(request)
+    key = study_key(request)
     keys = await archive(request).index.instances(key)
     if not keys:
         raise NotFound(f"study {key.study_instance_uid} not found")
@@ -208,7 +195,7 @@ async def retrieve_study(request: Request) -> Response:
 
 
 async def retrieve_series(request: Request) -> Response:
-    key = _series(request)
+    key = series_key(request)
     keys = await archive(request).index.instances(key)
     if not keys:
         raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
@@ -216,7 +203,7 @@ async def retrieve_series(request: Request) -> Response:
 
 
 async def retrieve_instance(request: Request) -> Response:
-    return await _instances_response(request, [_instance(request)], single=True)
+    return await _instances_response(request, [instance_key(request)], single=True)
 
 
 # --- metadata ------------------------------------------------------------------------
@@ -281,7 +268,7 @@ async def _metadata_answer(request: Request, media: str, entry: bytes) -> Respon
 
 async def study_metadata(request: Request) -> Response:
     a = archive(request)
-    key = _study(request)
+    key = study_key(request)
     media = choose_metadata_media(request.headers.get("accept"))
     base, stored_base = service_url(request), a.stored_service_url(key.tenant_id)
 
@@ -295,7 +282,7 @@ async def study_metadata(request: Request) -> Response:
 
 async def series_metadata(request: Request) -> Response:
     a = archive(request)
-    key = _series(request)
+    key = series_key(request)
     media = choose_metadata_media(request.headers.get("accept"))
     base, stored_base = service_url(request), a.stored_service_url(key.tenant_id)
 
@@ -311,7 +298,7 @@ async def series_metadata(request: Request) -> Response:
 
 async def instance_metadata(request: Request) -> Response:
     a = archive(request)
-    key = _instance(request)
+    key = instance_key(request)
     media = choose_metadata_media(request.headers.get("accept"))
     obj = await asyncio.to_thread(a.metadata.read_instance_json, key)
     data = orjson.dumps([obj])
@@ -381,7 +368,7 @@ def _frames_source(blobs: BlobStore, key: InstanceKey, accept: str | None) -> st
 
 async def retrieve_frames(request: Request) -> Response:
     a = archive(request)
-    key = _instance(request)
+    key = instance_key(request)
     numbers = _parse_frame_list(request.path_params["frames"])
     accept = request.headers.get("accept")
 
@@ -404,7 +391,7 @@ def _bulk_value(path: str, tag: int) -> bytes:
 
 async def retrieve_bulkdata(request: Request) -> Response:
     a = archive(request)
-    key = _instance(request)
+    key = instance_key(request)
     tag_text = request.path_params["tag"]
     if len(tag_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag_text):
         raise InvalidInput(f"bulk data tag {tag_text!r} must be 8 hexadecimal digits")
