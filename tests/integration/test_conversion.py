@@ -218,3 +218,31 @@ async def test_conversion_upsert_rules(tmp_path: Path, database_url: str) -> Non
         assert await row() == ("success", 1, "worse", 10.0)
     finally:
         await archive.close()
+
+
+async def test_reindex_of_a_migrated_archive_requests_its_conversions(tmp_path: Path, database_url: str) -> None:
+    """Files laid out under ROOT by hand (no event ever published): reindex indexes them
+    and sends what a viewer cannot decode to the converter."""
+    archive = await open_archive(Settings(data_dir=tmp_path, database_url=database_url))
+    try:
+        part2, pixels = j2k_part2(InstanceNumber=1, PatientID="MIGRATED", rows=64, columns=64)
+        plain = make_instance(InstanceNumber=2, PatientID="MIGRATED", rows=64, columns=64)
+        for ds in (part2, plain):
+            archive.blobs.write_atomic(instance_path(key_of(ds)), part10_bytes(ds))
+        report = await Reindex(
+            archive.blobs,
+            archive.index,
+            archive.warehouse,
+            archive.metadata,
+            bus=archive.bus,
+            viewer_transfer_syntaxes=archive.settings.viewer_transfer_syntaxes,
+        ).run()
+        assert report.ok and report.indexed == 2 and report.conversions_requested == 1
+        await drain(archive)
+        found = rendition_for(archive.blobs, key_of(part2))
+        assert found is not None and found[1] == JPEGLSLossless
+        assert np.array_equal(read(archive.blobs.read(found[0])).pixel_array, pixels)
+        assert rendition_for(archive.blobs, key_of(plain)) is None
+        assert (await conversion_rows(database_url))[part2.SOPInstanceUID]["status"] == "success"
+    finally:
+        await archive.close()

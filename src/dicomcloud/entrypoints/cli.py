@@ -168,7 +168,15 @@ async def reindex_command(settings: Settings, tenant_id: str | None) -> int:
     archive = await open_archive(settings)
     try:
         bar = _ProgressBar(sys.stderr)
-        reindex = Reindex(archive.blobs, archive.index, archive.warehouse, archive.metadata, cache=archive.cache)
+        reindex = Reindex(
+            archive.blobs,
+            archive.index,
+            archive.warehouse,
+            archive.metadata,
+            cache=archive.cache,
+            bus=archive.bus,
+            viewer_transfer_syntaxes=archive.settings.viewer_transfer_syntaxes,
+        )
         try:
             report = await reindex.run(tenant_id, bar)
         finally:
@@ -183,6 +191,8 @@ async def reindex_command(settings: Settings, tenant_id: str | None) -> int:
     )
     if report.temporary_files:
         print(f"  {report.temporary_files:,} temporary files (.tmp-*, unfinished writes) passed over")
+    if report.conversions_requested:
+        print(f"  {report.conversions_requested:,} instances sent to the converter (a viewer cannot decode them)")
     for skipped in report.skipped:
         print(f"  skipped {skipped.path}: {skipped.reason}")
     for failed in report.metadata_failed:

@@ -70,11 +70,11 @@ from dicomcloud.domain.layout import (
     parse_instance_path,
     study_metadata_path,
 )
-from dicomcloud.domain.messages import STORAGE_QUEUE, InstanceStored, Source, encode
+from dicomcloud.domain.messages import CONVERSION_QUEUE, STORAGE_QUEUE, InstanceStored, Source, encode
 from dicomcloud.domain.part10 import normalize_part10, parse_part10
 from dicomcloud.domain.uids import validate_tenant
 from dicomcloud.errors import DatasetMismatch, DicomCloudError, InvalidInput, NotFound
-from dicomcloud.ports import BlobStore, BusConsumer, Index, Record, Warehouse
+from dicomcloud.ports import BlobStore, Bus, BusConsumer, Index, Record, Warehouse
 from dicomcloud.usecases.build_metadata import MetadataBuilder
 from dicomcloud.usecases.index_instances import IndexInstances
 from dicomcloud.usecases.ingest import instance_stored
@@ -111,6 +111,7 @@ class ReindexReport:
     skipped: list[Skipped] = field(default_factory=list)
     temporary_files: int = 0
     renditions: int = 0  # the converter's renditions, passed over
+    conversions_requested: int = 0  # instances a viewer cannot decode, sent to the converter
     metadata_failed: list[Skipped] = field(default_factory=list)  # study metadata files not built
     studies: int = 0
     series: int = 0
@@ -239,11 +240,18 @@ class Reindex:
         batch_size: int = 256,
         threads: int = 4,
         cache: ReadCache | None = None,
+        bus: Bus | None = None,
+        viewer_transfer_syntaxes: Sequence[str] | None = None,
     ) -> None:
         self._blobs = blobs
         self._collected = _Collected()
+        # Conversion requests (instances a viewer cannot decode) go to the real bus, for
+        # the converter; everything else IndexInstances publishes is loaded here directly.
+        self._bus = bus
         # With the cache: servers running meanwhile must not keep answers from before.
-        self._index_instances = IndexInstances(blobs, index, self._collected, cache)
+        self._index_instances = IndexInstances(
+            blobs, index, self._collected, cache, viewer_transfer_syntaxes if bus is not None else None
+        )
         self._load_warehouse = LoadWarehouse(warehouse, cache)
         self._metadata = metadata
         self._batch_size = batch_size
@@ -323,6 +331,11 @@ class Reindex:
         for d in dead:
             report.skipped.append(Skipped(events[d.record.offset].file_path, d.reason))
         rows = self._collected.take()
+        conversions = [r for r in rows if r.topic == CONVERSION_QUEUE]
+        if conversions and self._bus is not None:
+            await self._bus.publish([(r.topic, r.key, r.value) for r in conversions])
+            report.conversions_requested += len(conversions)
+        rows = [r for r in rows if r.topic != CONVERSION_QUEUE]
         if rows:
             unloadable = await self._load_warehouse.handle(rows)
             if unloadable:  # our own messages, just encoded: a bug, not a bad file
