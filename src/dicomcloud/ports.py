@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from dicomcloud.domain.header import InstanceRecord
 from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey
-from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored
+from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored, WadoAccessed
 from dicomcloud.domain.qido import QidoQuery, QidoResult
 
 JsonDict = dict[str, Any]
@@ -135,6 +135,10 @@ class Warehouse(Protocol):
         """Upsert one row per (tenant, SOP Instance UID, target syntax): the status and attempt
         of the attempt that finished last (an older result redelivered changes nothing) and the
         last error seen. A ``reused`` success (a redelivered request) does not replace a success row."""
+        ...
+
+    async def load_access_log(self, rows: Sequence[WadoAccessed]) -> None:
+        """Insert one row per record id (the WadoAccessLog); a redelivered record changes nothing."""
         ...
 
     async def search_instances(self, query: QidoQuery) -> QidoResult: ...

@@ -7,7 +7,9 @@ a message of an unknown type or version is rejected, never guessed at.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, ClassVar
 
 import orjson
@@ -167,9 +169,43 @@ class ConversionResult:
     reused: bool = False
 
 
-Message = InstanceStored | DicomStateMeta | DicomImageMeta | ConversionRequested | ConversionResult
+@dataclass(frozen=True, slots=True)
+class WadoAccessed:
+    """One DICOMweb request was answered: a row of the WadoAccessLog (published by the server).
+
+    Every DICOMweb transaction counts (QIDO-RS, WADO-RS, STOW-RS, rendered, thumbnail,
+    WADO-URI); the name is the design's. ``route`` is the route template relative to the
+    tenant's service root (``/studies/{study}/series/{series}/metadata``, ``/wado``; ""
+    when no route matched), never the raw path; no query string and no credentials are
+    kept. ``subject`` is the token's ``sub`` ("" until authentication exists).
+    ``record_id`` (a UUID) makes the load idempotent.
+    """
+
+    TYPE: ClassVar[str] = "WadoAccessed"
+    VERSION: ClassVar[int] = 1
+
+    record_id: str
+    requested_at: str  # ISO 8601, UTC, when the request arrived
+    tenant_id: str
+    subject: str
+    client_address: str
+    method: str
+    route: str
+    service: str  # qido-rs | wado-rs | stow-rs | wado-uri | "" (no route)
+    level: str  # study | series | instance | frames | bulkdata | "" (see usecases/access_log.py)
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    status: int
+    request_bytes: int
+    response_bytes: int
+    duration_ms: float
+
+
+Message = InstanceStored | DicomStateMeta | DicomImageMeta | ConversionRequested | ConversionResult | WadoAccessed
 _TYPES: dict[str, type[Any]] = {
-    cls.TYPE: cls for cls in (InstanceStored, DicomStateMeta, DicomImageMeta, ConversionRequested, ConversionResult)
+    cls.TYPE: cls
+    for cls in (InstanceStored, DicomStateMeta, DicomImageMeta, ConversionRequested, ConversionResult, WadoAccessed)
 }
 
 
@@ -204,4 +240,23 @@ def decode(data: bytes) -> Message:
         not isinstance(message.attempt, int) or message.attempt < 1
     ):
         raise InvalidInput(f"{cls.TYPE} attempt {message.attempt!r} is not a positive integer")
+    if isinstance(message, WadoAccessed):
+        _check_access(message)
     return message
+
+
+def _check_access(message: WadoAccessed) -> None:
+    """What the warehouse would refuse is refused here, so it is dead-lettered, not retried."""
+    try:
+        uuid.UUID(message.record_id)
+        datetime.fromisoformat(message.requested_at)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidInput(f"malformed WadoAccessed: {exc}") from exc
+    texts = [getattr(message, f.name) for f in dataclasses.fields(message) if f.type == "str"]
+    if not all(isinstance(t, str) and "\x00" not in t for t in texts):
+        raise InvalidInput("malformed WadoAccessed: a text field is not text")
+    numbers = (message.status, message.request_bytes, message.response_bytes)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers) or not isinstance(
+        message.duration_ms, int | float
+    ):
+        raise InvalidInput("malformed WadoAccessed: status, byte counts and duration must be numbers")

@@ -20,6 +20,7 @@ import uvicorn
 from dicomcloud.bootstrap import Archive
 from dicomcloud.domain.layout import StudyKey
 from dicomcloud.domain.messages import (
+    ACCESS_LOG_QUEUE,
     CONVERSION_QUEUE,
     CONVERSION_RESULT_QUEUE,
     DICOM_IMAGE_QUEUE,
@@ -31,6 +32,7 @@ from dicomcloud.entrypoints.http import cpu
 from dicomcloud.entrypoints.http.app import create_app
 from dicomcloud.entrypoints.storescp import StoreSCP
 from dicomcloud.errors import Unavailable
+from dicomcloud.usecases.access_log import AccessLog
 from dicomcloud.usecases.consume import consume
 from dicomcloud.usecases.schedule_metadata import MetadataSchedule
 
@@ -62,7 +64,7 @@ async def loader(archive: Archive, stop: asyncio.Event) -> None:
     await consume(
         archive.bus,
         "loader",
-        [DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE, CONVERSION_RESULT_QUEUE],
+        [DICOM_IMAGE_QUEUE, DICOM_STATE_QUEUE, LOG_QUEUE, CONVERSION_RESULT_QUEUE, ACCESS_LOG_QUEUE],
         archive.load_warehouse.handle,
         stop,
         linger=0.1,
@@ -117,9 +119,12 @@ class _Server(uvicorn.Server):
 
 
 async def server(archive: Archive, stop: asyncio.Event) -> None:
+    """DICOMweb over uvicorn. Every request is recorded in the access log, whose
+    publisher runs beside the server and is flushed once the server has stopped."""
     s = archive.settings
+    access_log = AccessLog(archive.bus)
     config = uvicorn.Config(
-        create_app(archive),
+        create_app(archive, access_log),
         host=s.http_host,
         port=s.http_port,
         log_level="warning",
@@ -137,23 +142,33 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
     except OSError as exc:
         raise Unavailable(f"the HTTP server could not listen on {s.http_host}:{s.http_port}: {exc.strerror}") from exc
     cpu.configure((os.cpu_count() or 1) if s.render_workers < 0 else s.render_workers)
-    http = _Server(config)
-    task = asyncio.create_task(http.serve())
-    while not http.started and not task.done():
-        await asyncio.sleep(0.02)
-    if task.done():
-        await task
-        raise Unavailable(f"the HTTP server on {s.http_host}:{s.http_port} stopped at start")
-    print(
-        f"HTTP   DICOMweb  {s.base_url}/dicom-web   (tenants: {s.base_url}/tenants/<tenant>/dicom-web)",
-        flush=True,
-    )
+    publishing = asyncio.Event()
+    publisher = asyncio.create_task(access_log.run(publishing))
     try:
-        await stop.wait()
+        http = _Server(config)
+        task = asyncio.create_task(http.serve())
+        while not http.started and not task.done():
+            await asyncio.sleep(0.02)
+        if task.done():
+            await task
+            raise Unavailable(f"the HTTP server on {s.http_host}:{s.http_port} stopped at start")
+        print(
+            f"HTTP   DICOMweb  {s.base_url}/dicom-web   (tenants: {s.base_url}/tenants/<tenant>/dicom-web)",
+            flush=True,
+        )
+        try:
+            await stop.wait()
+        finally:
+            http.should_exit = True
+            await task
+            cpu.stop()
     finally:
-        http.should_exit = True
-        await task
-        cpu.stop()
+        # The server has answered its last request: publish what the log still holds.
+        publishing.set()
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+        await access_log.close()
 
 
 SERVICES: dict[str, Service] = {

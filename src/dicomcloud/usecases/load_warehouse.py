@@ -1,8 +1,9 @@
 """The loader's use case: batches from the bus into the warehouse (ARCHITECTURE §2 ``loader``).
 
 Each message type goes to its table in one batch (Doris: one Stream Load):
-DicomImageMeta, DicomStateMeta, InstanceStored (the store log) and
-ConversionResult (``warehouse.conversion``). Anything else is dead-lettered.
+DicomImageMeta, DicomStateMeta, InstanceStored (the store log),
+ConversionResult (``warehouse.conversion``) and WadoAccessed
+(``warehouse.wado_access_log``). Anything else is dead-lettered.
 Loads are idempotent upserts, so a retried batch changes nothing. Then the
 read cache's generations of the loaded instances' studies move; a cache that
 cannot be reached raises, and the batch is retried.
@@ -10,7 +11,14 @@ cannot be reached raises, and the batch is retried.
 
 from __future__ import annotations
 
-from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored, decode
+from dicomcloud.domain.messages import (
+    ConversionResult,
+    DicomImageMeta,
+    DicomStateMeta,
+    InstanceStored,
+    WadoAccessed,
+    decode,
+)
 from dicomcloud.errors import InvalidInput
 from dicomcloud.ports import Record, Warehouse
 from dicomcloud.usecases.index_instances import DeadLetter
@@ -27,6 +35,7 @@ class LoadWarehouse:
         states: list[DicomStateMeta] = []
         stored: list[InstanceStored] = []
         conversions: list[ConversionResult] = []
+        accesses: list[WadoAccessed] = []
         dead: list[DeadLetter] = []
         for record in records:
             try:
@@ -42,12 +51,16 @@ class LoadWarehouse:
                 stored.append(message)
             elif isinstance(message, ConversionResult):
                 conversions.append(message)
+            elif isinstance(message, WadoAccessed):
+                accesses.append(message)
             else:
                 dead.append(DeadLetter(record, f"{type(message).__name__} does not belong on {record.topic}"))
         await self._warehouse.load_image_meta(images)
         await self._warehouse.load_state_meta(states)
         await self._warehouse.load_store_log(stored)
         await self._warehouse.load_conversions(conversions)
+        if accesses:
+            await self._warehouse.load_access_log(accesses)
         if self._cache is not None:
             # Instance searches read the warehouse: their answers move once it is loaded.
             await self._cache.invalidate({(m.tenant_id, m.study_instance_uid) for m in images})

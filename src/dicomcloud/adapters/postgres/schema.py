@@ -174,7 +174,35 @@ CREATE INDEX conversion_status ON {WAREHOUSE}.conversion (tenant_id, status, fin
 CREATE INDEX conversion_study ON {WAREHOUSE}.conversion (tenant_id, study_instance_uid);
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
+# V3: the WadoAccessLog (issue 5). One row per DICOMweb request, inserted by the loader
+# from WadoAccessed messages; the record id makes a redelivered record change nothing.
+_V3 = f"""
+CREATE TABLE {WAREHOUSE}.wado_access_log (
+  tenant_id text NOT NULL,
+  record_id uuid NOT NULL,
+  requested_at timestamptz NOT NULL,
+  subject text NOT NULL DEFAULT '',
+  client_address text NOT NULL DEFAULT '',
+  method text NOT NULL,
+  route text NOT NULL,
+  service text NOT NULL,
+  level text NOT NULL,
+  study_instance_uid text NOT NULL DEFAULT '',
+  series_instance_uid text NOT NULL DEFAULT '',
+  sop_instance_uid text NOT NULL DEFAULT '',
+  status int NOT NULL,
+  request_bytes bigint NOT NULL,
+  response_bytes bigint NOT NULL,
+  duration_ms double precision NOT NULL,
+  loaded_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant_id, record_id)
+);
+CREATE INDEX wado_access_log_time ON {WAREHOUSE}.wado_access_log (tenant_id, requested_at);
+CREATE INDEX wado_access_log_study ON {WAREHOUSE}.wado_access_log (tenant_id, study_instance_uid)
+  WHERE study_instance_uid <> '';
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
 
 
 async def migrate(conn: asyncpg.Connection) -> None:

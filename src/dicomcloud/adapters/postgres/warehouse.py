@@ -6,6 +6,7 @@ first), so a redelivered batch changes nothing.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from dicomcloud.adapters.postgres import qido
 from dicomcloud.adapters.postgres.schema import WAREHOUSE
 from dicomcloud.domain.attributes import STORED_INSTANCE, STORED_SERIES, STORED_STUDY
-from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored
+from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored, WadoAccessed
 from dicomcloud.domain.qido import QidoQuery, QidoResult
 
 _KEYS = {
@@ -183,6 +184,40 @@ class PostgresWarehouse:
                         r.rendition_size,
                         datetime.fromisoformat(r.finished_at),
                         r.reused,
+                    )
+                    for r in rows
+                ],
+            )
+
+    async def load_access_log(self, rows: Sequence[WadoAccessed]) -> None:
+        if not rows:
+            return
+        async with self._pool.acquire() as conn:
+            await conn.executemany(
+                f"""INSERT INTO {WAREHOUSE}.wado_access_log (tenant_id, record_id, requested_at, subject,
+                      client_address, method, route, service, level, study_instance_uid,
+                      series_instance_uid, sop_instance_uid, status, request_bytes, response_bytes,
+                      duration_ms)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                    ON CONFLICT DO NOTHING""",
+                [
+                    (
+                        r.tenant_id,
+                        uuid.UUID(r.record_id),
+                        datetime.fromisoformat(r.requested_at),
+                        r.subject,
+                        r.client_address,
+                        r.method,
+                        r.route,
+                        r.service,
+                        r.level,
+                        r.study_instance_uid,
+                        r.series_instance_uid,
+                        r.sop_instance_uid,
+                        r.status,
+                        r.request_bytes,
+                        r.response_bytes,
+                        r.duration_ms,
                     )
                     for r in rows
                 ],

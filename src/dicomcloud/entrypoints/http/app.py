@@ -20,16 +20,21 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from dicomcloud.entrypoints.http import qido, rendered, stow, wado, wado_uri
+from dicomcloud.entrypoints.http.access_log import AccessLogMiddleware
 from dicomcloud.errors import DicomCloudError, http_status
 
 if TYPE_CHECKING:
     from dicomcloud.bootstrap import Archive
+    from dicomcloud.usecases.access_log import AccessLog
 
 log = logging.getLogger(__name__)
 
 
 def _warning(reason: str) -> str:
-    text = reason.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+    # a header value is latin-1 on the wire: anything but printable ASCII (a
+    # reason may quote a client's UTF-8 or control characters) becomes "?"
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in reason)
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
     return f'299 dicomcloud "{text[:500]}"'
 
 
@@ -49,16 +54,32 @@ def dicomweb_routes() -> list[BaseRoute]:
     return [*qido.routes(), *stow.routes(), *wado.routes(), *rendered.routes()]
 
 
-def create_app(archive: Archive) -> Starlette:
+def create_app(archive: Archive, access_log: AccessLog | None = None) -> Starlette:
+    """The application; with ``access_log``, every request is recorded in it
+    (outermost middleware, so CORS answers and errors are recorded too)."""
     routes = dicomweb_routes()
+    top: list[BaseRoute] = [
+        Route("/healthz", health),
+        Mount("/dicom-web", routes=routes),
+        Mount("/tenants/{tenant}/dicom-web", routes=routes),
+        *wado_uri.routes(),  # the URI Service: /wado and /tenants/{tenant}/wado
+    ]
+    logging_middleware = (
+        []
+        if access_log is None
+        else [
+            Middleware(
+                AccessLogMiddleware,
+                access_log=access_log,
+                routes=top,
+                default_tenant=archive.settings.default_tenant,
+            )
+        ]
+    )
     app = Starlette(
-        routes=[
-            Route("/healthz", health),
-            Mount("/dicom-web", routes=routes),
-            Mount("/tenants/{tenant}/dicom-web", routes=routes),
-            *wado_uri.routes(),  # the URI Service: /wado and /tenants/{tenant}/wado
-        ],
+        routes=top,
         middleware=[
+            *logging_middleware,
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(archive.settings.cors_origins),
@@ -66,7 +87,7 @@ def create_app(archive: Archive) -> Starlette:
                 allow_headers=["*"],
                 expose_headers=["Warning", "Content-Location", "Content-Type", "ETag"],
                 max_age=600,
-            )
+            ),
         ],
         exception_handlers={DicomCloudError: on_error},
     )
