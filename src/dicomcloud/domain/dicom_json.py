@@ -24,7 +24,11 @@ def bulkdata_uri(instance_url: str, tag: int) -> str:
 def instance_json(ds: Dataset, instance_url: str) -> dict[str, Any]:
     """``ds`` (file meta excluded) in the DICOM JSON model; bulk values as URIs."""
     result: dict[str, Any] = {}
-    for elem in ds:
+    for key in list(ds.keys()):
+        try:
+            elem = ds[key]  # converts the raw element: a damaged one (unknown VR, a
+        except Exception:  # length that does not fit it) is left out, as below
+            continue
         tag = int(elem.tag)
         vr = str(elem.VR)
         if tag in PIXEL_DATA_TAGS or (vr in BULK_VRS and _length(elem) > BULK_THRESHOLD):
@@ -34,10 +38,18 @@ def instance_json(ds: Dataset, instance_url: str) -> dict[str, Any]:
             }
             continue
         try:
-            result[f"{tag:08X}"] = elem.to_json_dict(None, 1 << 30)
+            entry = elem.to_json_dict(None, 1 << 30)
         except Exception:
             continue
+        if fits_json(entry):
+            result[f"{tag:08X}"] = entry
     return result
+
+
+def fits_json(entry: dict[str, Any]) -> bool:
+    """False for a number no JSON encoder we use holds (orjson: 64 bits), e.g. a
+    damaged IS of 30 digits; such an attribute is left out."""
+    return not any(isinstance(v, int) and not -(2**63) <= v < 2**63 for v in entry.get("Value", ()))
 
 
 def _length(elem: Any) -> int:

@@ -19,6 +19,7 @@ from dicomcloud.domain.attributes import (
     STORED_STUDY,
     Attribute,
 )
+from dicomcloud.domain.dicom_json import fits_json
 from dicomcloud.domain.layout import InstanceKey
 from dicomcloud.domain.uids import validate_uid
 from dicomcloud.errors import MissingAttribute
@@ -33,20 +34,27 @@ def _uid(ds: Dataset, keyword: str) -> str:
     return validate_uid(str(value), keyword)
 
 
+def _text(value: Any) -> str:
+    """``value`` as text without NUL: PostgreSQL text cannot hold it, and a damaged
+    header can (PS3.5 §6.2 allows it only as UI padding)."""
+    return str(value).replace("\x00", "")
+
+
 def _match_value(attr: Attribute, elem_value: Any) -> Any:
     """The plain value a store matches on: str, int or list of str."""
     if elem_value is None or elem_value == "":
         return None
     if attr.vr in ("US", "UL", "SS", "SL", "IS"):
         try:
-            return int(elem_value)
+            number = int(elem_value)
         except (TypeError, ValueError):
             return None
+        return number if -(2**63) <= number < 2**63 else None  # the stores' bigint
     if attr.vr == "CS" and not isinstance(elem_value, str):
-        return [str(v) for v in elem_value]
+        return [_text(v) for v in elem_value]
     if attr.vr == "TM":
-        return normalize_time(str(elem_value))
-    return str(elem_value).strip()
+        return normalize_time(_text(elem_value))
+    return _text(elem_value).strip()
 
 
 def normalize_time(value: str) -> str:
@@ -69,7 +77,10 @@ def level_attributes(ds: Dataset, attrs: tuple[Attribute, ...]) -> tuple[JsonDic
             continue
         try:
             elem = ds[attr.tag]
-            json_attrs[attr.tag_hex] = elem.to_json_dict(None, 1 << 30)
+            entry = elem.to_json_dict(None, 1 << 30)
+            if not fits_json(entry):
+                continue  # a damaged IS of 30 digits: no message or store holds that number
+            json_attrs[attr.tag_hex] = entry
             values[attr.column] = _match_value(attr, elem.value)
         except Exception:
             continue
@@ -110,7 +121,7 @@ class InstanceRecord:
             key=key,
             sop_class_uid=sop_class_uid,
             transfer_syntax_uid=transfer_syntax_uid,
-            patient_id=str(ds.get("PatientID", "") or ""),
+            patient_id=_text(ds.get("PatientID", "") or ""),
             patient=patient,
             study=study,
             series=series,

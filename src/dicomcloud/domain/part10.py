@@ -15,7 +15,7 @@ from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import read_dataset, read_partial
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
@@ -30,6 +30,22 @@ IMPLEMENTATION_CLASS_UID = "2.25.223340316437180845683436577545302432341"
 IMPLEMENTATION_VERSION_NAME = "DICOMCLOUD_01"
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _HEADER_BYTES = 1 << 20  # inflate at most this much of a deflated dataset to read its header
+# what pydicom raises on damaged bytes (found by tests/e2e/test_fuzz.py): a value
+# whose length does not fit its VR, an unknown VR, a broken deflate stream, ...
+_READ_ERRORS = (
+    InvalidDicomError,
+    BytesLengthException,
+    NotImplementedError,
+    EOFError,
+    ValueError,
+    KeyError,
+    IndexError,
+    OverflowError,
+    OSError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +78,10 @@ def normalize_part10(data: bytes | memoryview) -> bytes | memoryview:
 
 
 def _parsed(ds: Dataset, tenant_id: str, transfer_syntax_uid: str) -> ParsedPart10:
-    values: dict[str, Any] = {kw: ds.get(kw) for kw in (*_REQUIRED, "PatientID")}
+    try:  # pydicom converts a value when it is first read: that is where damage shows
+        values: dict[str, Any] = {kw: ds.get(kw) for kw in (*_REQUIRED, "PatientID")}
+    except _READ_ERRORS as exc:
+        raise _unreadable(exc) from exc
     for kw in _REQUIRED:
         if values[kw] is None or str(values[kw]).strip() == "":
             raise MissingAttribute(f"{kw} is missing or empty")
@@ -76,7 +95,7 @@ def _parsed(ds: Dataset, tenant_id: str, transfer_syntax_uid: str) -> ParsedPart
         key=key,
         sop_class_uid=validate_uid(str(values["SOPClassUID"]), "SOPClassUID"),
         transfer_syntax_uid=str(UID(validate_uid(transfer_syntax_uid, "TransferSyntaxUID"))),
-        patient_id=str(values["PatientID"] or ""),
+        patient_id=str(values["PatientID"] or "").replace("\x00", ""),  # PostgreSQL text holds no NUL
     )
 
 
@@ -93,7 +112,7 @@ def parse_part10(data: bytes | memoryview, tenant_id: str) -> ParsedPart10:
     try:
         ds = read_partial(BytesIO(data), stop_when=_after_series_uid, defer_size=None)
         tsuid = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError, struct.error) as exc:
+    except _READ_ERRORS as exc:
         raise _unreadable(exc) from exc
     if not tsuid:
         raise MalformedDicom("the File Meta Information has no TransferSyntaxUID (0002,0010)")
@@ -115,7 +134,7 @@ def parse_dataset(dataset: bytes | memoryview, transfer_syntax_uid: str, tenant_
             is_little_endian=transfer_syntax_uid != ExplicitVRBigEndian,
             stop_when=_after_series_uid,
         )
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError, struct.error) as exc:
+    except _READ_ERRORS as exc:
         raise _unreadable(exc) from exc
     return _parsed(ds, tenant_id, transfer_syntax_uid)
 

@@ -179,6 +179,12 @@ class _Target:
     lossy_method: str | None = None  # LossyImageCompressionMethod (PS3.3 C.7.6.1.1.5.1) when lossy
     eight_bit_only: bool = False
     signed: bool = True
+    min_size: int = 1  # Rows and Columns at least this
+
+
+# pylibjpeg-openjpeg encodes with six resolution levels: smaller images fail
+# (found by tests/e2e/test_fuzz.py with 8 x 8 images: a stream cut mid-body)
+_OPENJPEG_MIN_SIZE = 32
 
 
 def _pydicom_encoder(uid: str, **options: Any) -> Encode | None:
@@ -262,7 +268,8 @@ def _targets() -> dict[str, _Target]:
         encode = _pydicom_encoder(uid, **options)
         if encode is not None:
             signed = uid != JPEG_LS_NEAR_LOSSLESS  # NEAR may flip signs at the range ends
-            found[uid] = _Target(uid, encode, low, high, method, signed=signed)
+            min_size = _OPENJPEG_MIN_SIZE if uid in (JPEG_2000_LOSSLESS, JPEG_2000) else 1
+            found[uid] = _Target(uid, encode, low, high, method, signed=signed, min_size=min_size)
     if imagecodecs is not None:
         if imagecodecs.JPEG8.available and _works(_jpeg_lossless):
             found[JPEG_LOSSLESS_SV1] = _Target(JPEG_LOSSLESS_SV1, _jpeg_lossless, 2, 16)
@@ -355,6 +362,8 @@ def _target_refusal(target: _Target, px: PixelDescription) -> str | None:
             return f"{name} is not produced here for signed color pixels"
     else:
         return f"{name} is not produced here for SamplesPerPixel {px.samples_per_pixel}"
+    if min(px.rows, px.columns) < target.min_size:
+        return f"{name} is produced here for images of at least {target.min_size} x {target.min_size} pixels"
     return None
 
 

@@ -67,11 +67,15 @@ def read_instance(path: Path, tenant_id: str, transfer_syntax_uid: str) -> tuple
     """Header of a stored file → InstanceRecord and its pixel traits (CPU + I/O; run in a thread)."""
     try:
         ds = _read_header(path)
+        # pydicom converts values on access: a damaged one (e.g. BitsAllocated of
+        # odd length) raises here, and must dead-letter this record, not fail the batch
+        return InstanceRecord.from_dataset(ds, tenant_id, transfer_syntax_uid), PixelTraits.from_dataset(ds)
     except FileNotFoundError as exc:
         raise InvalidInput(f"stored file {path.name} is missing") from exc
+    except DicomCloudError:
+        raise
     except Exception as exc:
         raise InvalidInput(f"stored file {path.name} is unreadable: {exc}") from exc
-    return InstanceRecord.from_dataset(ds, tenant_id, transfer_syntax_uid), PixelTraits.from_dataset(ds)
 
 
 def read_instance_record(path: Path, tenant_id: str, transfer_syntax_uid: str) -> InstanceRecord:

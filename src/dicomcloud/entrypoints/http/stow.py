@@ -37,10 +37,12 @@ from dicomcloud.domain.multipart import (
     parse_content_type,
     parse_multipart_related,
 )
+from dicomcloud.domain.uids import validate_uid
 from dicomcloud.entrypoints.http.context import archive, path_uid, service_url, tenant_of
 from dicomcloud.errors import (
     DicomCloudError,
     InvalidInput,
+    InvalidUID,
     PayloadTooLarge,
     Unavailable,
     UnsupportedMediaType,
@@ -115,7 +117,16 @@ def _identify(data: bytes | memoryview) -> tuple[str | None, str | None]:
         sop_instance = ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID")
     except Exception:  # best effort for the failure report only
         return None, None
-    return (str(sop_class) if sop_class else None), (str(sop_instance) if sop_instance else None)
+    # a damaged part may carry garbage there: report only what is a UID, so that the
+    # response stays valid DICOM JSON that clients can parse
+    return _uid_or_none(sop_class), _uid_or_none(sop_instance)
+
+
+def _uid_or_none(value: object) -> str | None:
+    try:
+        return validate_uid(str(value)) if value else None
+    except InvalidUID:
+        return None
 
 
 async def _store_part(
