@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dicomcloud.domain.codecs import PixelDescription
 from dicomcloud.domain.media import (
     APPLICATION_DICOM_JSON,
     APPLICATION_JSON,
@@ -15,7 +16,6 @@ from dicomcloud.domain.media import (
     stored_frame_media,
     transcoding_available,
 )
-from dicomcloud.domain.transcode import PixelDescription
 from dicomcloud.errors import InvalidInput, NotAcceptable
 
 EVRLE = "1.2.840.10008.1.2.1"

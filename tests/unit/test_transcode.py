@@ -32,7 +32,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from dicomcloud.domain import codecs
 from dicomcloud.domain import transcode as t
+from dicomcloud.domain import transfer_syntaxes as ts
 from dicomcloud.domain.frames import read_frames
 from dicomcloud.errors import DicomCloudError, MalformedDicom, NotAcceptable, http_status
 from tests import factory
@@ -40,20 +42,20 @@ from tests import factory
 SIZE = 48  # JPEG 2000 needs >= 32
 FRAMES = 3
 LOSSLESS_TARGETS = [
-    t.EXPLICIT_VR_LITTLE_ENDIAN,
-    t.RLE_LOSSLESS,
-    t.JPEG_LOSSLESS,
-    t.JPEG_LOSSLESS_SV1,
-    t.JPEG_LS_LOSSLESS,
-    t.JPEG_2000_LOSSLESS,
-    t.HTJ2K_LOSSLESS,
-    t.HTJ2K_LOSSLESS_RPCL,
+    ts.EXPLICIT_VR_LITTLE_ENDIAN,
+    ts.RLE_LOSSLESS,
+    ts.JPEG_LOSSLESS,
+    ts.JPEG_LOSSLESS_SV1,
+    ts.JPEG_LS_LOSSLESS,
+    ts.JPEG_2000_LOSSLESS,
+    ts.HTJ2K_LOSSLESS,
+    ts.HTJ2K_LOSSLESS_RPCL,
 ]
-LOSSY_TARGETS = [t.JPEG_LS_NEAR_LOSSLESS, t.JPEG_2000, t.HTJ2K, t.JPEG_BASELINE]
+LOSSY_TARGETS = [ts.JPEG_LS_NEAR_LOSSLESS, ts.JPEG_2000, ts.HTJ2K, ts.JPEG_BASELINE]
 FACTORY_SOURCES = [str(s) for s in factory.ALL_SYNTAXES]
 # every syntax this module writes, but JPEG Baseline (8-bit only: see the 8-bit tests)
-WRITTEN_SOURCES = [s for s in LOSSLESS_TARGETS + LOSSY_TARGETS if s not in [*FACTORY_SOURCES, t.JPEG_BASELINE]]
-LOSSY_SOURCES = {t.JPEG_LS_NEAR_LOSSLESS, t.JPEG_2000, t.HTJ2K, t.JPEG_BASELINE}
+WRITTEN_SOURCES = [s for s in LOSSLESS_TARGETS + LOSSY_TARGETS if s not in [*FACTORY_SOURCES, ts.JPEG_BASELINE]]
+LOSSY_SOURCES = {ts.JPEG_LS_NEAR_LOSSLESS, ts.JPEG_2000, ts.HTJ2K, ts.JPEG_BASELINE}
 
 
 def _read(data: bytes) -> Dataset:
@@ -78,9 +80,9 @@ def _check(result: np.ndarray, reference: np.ndarray, target: str, bits_stored: 
         return
     diff = int(np.abs(result.astype(np.int64) - reference.astype(np.int64)).max())
     psnr = _psnr(result, reference, 2**bits_stored - 1)
-    if target == t.JPEG_LS_NEAR_LOSSLESS:  # the NEAR parameter bounds every sample's error
-        assert diff <= t.JLS_NEAR, f"JPEG-LS NEAR={t.JLS_NEAR} gave an error of {diff}"
-    elif target == t.JPEG_BASELINE:
+    if target == ts.JPEG_LS_NEAR_LOSSLESS:  # the NEAR parameter bounds every sample's error
+        assert diff <= codecs.JLS_NEAR, f"JPEG-LS NEAR={codecs.JLS_NEAR} gave an error of {diff}"
+    elif target == ts.JPEG_BASELINE:
         assert psnr >= 30.0, f"{target}: PSNR {psnr:.1f} dB (max abs diff {diff})"
     else:  # JPEG 2000 to 60 dB, HTJ2K OpenJPH's default
         assert psnr >= 50.0, f"{target}: PSNR {psnr:.1f} dB (max abs diff {diff})"
@@ -190,7 +192,7 @@ def _unchanged_elements(before: Dataset, after: Dataset) -> None:
 
 
 def test_the_codecs_of_the_codecs_extra_are_found() -> None:
-    assert t.encodable_transfer_syntaxes() == {*LOSSLESS_TARGETS, *LOSSY_TARGETS}
+    assert codecs.encodable_transfer_syntaxes() == {*LOSSLESS_TARGETS, *LOSSY_TARGETS}
 
 
 @pytest.mark.parametrize("target", LOSSLESS_TARGETS + LOSSY_TARGETS)
@@ -198,9 +200,9 @@ def test_the_codecs_of_the_codecs_extra_are_found() -> None:
 def test_instance_pairs_12_bit_ct(source: str, target: str) -> None:
     data = ct_source(source)
     original = _read(data)
-    pixels = t.PixelDescription.from_dataset(original)
+    pixels = codecs.PixelDescription.from_dataset(original)
     reason = t.can_transcode(source, target, pixels)
-    if target == t.JPEG_BASELINE:
+    if target == ts.JPEG_BASELINE:
         assert reason is not None and "8-bit samples only" in reason
         with pytest.raises(NotAcceptable, match="8-bit samples only"):
             t.transcode_instance(data, target)
@@ -219,7 +221,7 @@ def test_instance_pairs_12_bit_ct(source: str, target: str) -> None:
     if target in LOSSY_TARGETS:
         assert result.LossyImageCompression == "01"
         methods = _multi(result.LossyImageCompressionMethod)
-        expected = {t.JPEG_LS_NEAR_LOSSLESS: "ISO_14495_1", t.JPEG_2000: "ISO_15444_1", t.HTJ2K: "ISO_15444_15"}
+        expected = {ts.JPEG_LS_NEAR_LOSSLESS: "ISO_14495_1", ts.JPEG_2000: "ISO_15444_1", ts.HTJ2K: "ISO_15444_15"}
         assert methods[-1] == expected[target]
         ratios = _multi(result.LossyImageCompressionRatio)
         assert len(ratios) == len(methods) and float(ratios[-1]) > 1
@@ -227,7 +229,7 @@ def test_instance_pairs_12_bit_ct(source: str, target: str) -> None:
         assert result.LossyImageCompression == "01"  # once lossy, always lossy
     else:
         assert "LossyImageCompression" not in result
-    if target != t.EXPLICIT_VR_LITTLE_ENDIAN:
+    if target != ts.EXPLICIT_VR_LITTLE_ENDIAN:
         fragments = list(generate_frames(result.PixelData, number_of_frames=FRAMES))
         assert len(fragments) == FRAMES
 
@@ -238,9 +240,9 @@ def test_frame_pairs_12_bit_ct(source: str, target: str) -> None:
     """The /frames path: frames as read_frames cuts them, re-encoded one by one."""
     data = ct_source(source)
     original = _read(data)
-    pixels = t.PixelDescription.from_dataset(original)
+    pixels = codecs.PixelDescription.from_dataset(original)
     found = read_frames(data, [3, 1])
-    if target == t.JPEG_BASELINE:
+    if target == ts.JPEG_BASELINE:
         with pytest.raises(NotAcceptable, match="8-bit"):
             t.transcode_frames(found.frames, pixels, found.transfer_syntax_uid, target)
         return
@@ -262,32 +264,32 @@ def _j2k_markers(codestream: bytes) -> tuple[int, int, bool]:
 @pytest.mark.parametrize(("rows", "columns"), [(48, 48), (16, 4100)])
 def test_htj2k_rpcl_codestream(rows: int, columns: int) -> None:
     """PS3.5 §10.18: RPCL progression, TLM markers, a base resolution of at most 64."""
-    pixels = t.PixelDescription(rows, columns, bits_stored=12)
+    pixels = codecs.PixelDescription(rows, columns, bits_stored=12)
     frame = (np.arange(rows * columns, dtype=np.uint16) % 4096).reshape(rows, columns)
-    (stream,) = t.transcode_frames([frame.tobytes()], pixels, t.EXPLICIT_VR_LITTLE_ENDIAN, t.HTJ2K_LOSSLESS_RPCL)
+    (stream,) = t.transcode_frames([frame.tobytes()], pixels, ts.EXPLICIT_VR_LITTLE_ENDIAN, ts.HTJ2K_LOSSLESS_RPCL)
     progression, levels, tlm = _j2k_markers(stream)
     assert progression == 2  # RPCL
     assert tlm
     assert -(-max(rows, columns) // 2**levels) <= 64
-    assert np.array_equal(t.decode_frame(stream, pixels, t.HTJ2K_LOSSLESS_RPCL), frame)
+    assert np.array_equal(t.decode_frame(stream, pixels, ts.HTJ2K_LOSSLESS_RPCL), frame)
 
 
 def test_lossy_after_lossy_appends_ratio_and_method() -> None:
-    once = _read(ct_source(t.JPEG_2000))
-    twice = _read(t.transcode_instance(ct_source(t.JPEG_2000), t.HTJ2K))
+    once = _read(ct_source(ts.JPEG_2000))
+    twice = _read(t.transcode_instance(ct_source(ts.JPEG_2000), ts.HTJ2K))
     assert _multi(twice.LossyImageCompressionMethod) == ["ISO_15444_1", "ISO_15444_15"]
     assert _multi(twice.LossyImageCompressionRatio)[0] == _multi(once.LossyImageCompressionRatio)[0]
     assert len(_multi(twice.LossyImageCompressionRatio)) == 2
 
 
 EIGHT_BIT_SOURCES = [
-    t.EXPLICIT_VR_LITTLE_ENDIAN,
-    t.RLE_LOSSLESS,
-    t.JPEG_LOSSLESS_SV1,
-    t.JPEG_LS_LOSSLESS,
-    t.JPEG_2000_LOSSLESS,
-    t.HTJ2K_LOSSLESS,
-    t.JPEG_BASELINE,
+    ts.EXPLICIT_VR_LITTLE_ENDIAN,
+    ts.RLE_LOSSLESS,
+    ts.JPEG_LOSSLESS_SV1,
+    ts.JPEG_LS_LOSSLESS,
+    ts.JPEG_2000_LOSSLESS,
+    ts.HTJ2K_LOSSLESS,
+    ts.JPEG_BASELINE,
 ]
 
 
@@ -300,7 +302,7 @@ def test_8_bit_gray(source: str, target: str) -> None:
     assert result.file_meta.TransferSyntaxUID == target
     assert result.PhotometricInterpretation == "MONOCHROME2"
     _check(result.pixel_array, original.pixel_array, target, 8)
-    if target == t.JPEG_BASELINE and source != target:
+    if target == ts.JPEG_BASELINE and source != target:
         assert _multi(result.LossyImageCompressionMethod)[-1] == "ISO_10918_1"
 
 
@@ -310,36 +312,36 @@ def test_8_bit_rgb(source: str, target: str) -> None:
     data = t.transcode_instance(rgb8(), source)
     original = _read(data)
     result = _read(t.transcode_instance(data, target))
-    expected_photometric = "YBR_FULL_422" if target == t.JPEG_BASELINE else "RGB"
+    expected_photometric = "YBR_FULL_422" if target == ts.JPEG_BASELINE else "RGB"
     assert result.PhotometricInterpretation == expected_photometric
     assert result.PlanarConfiguration == 0
     _check(result.pixel_array, original.pixel_array, target, 8)  # pydicom decodes both as RGB
-    if source == t.JPEG_BASELINE:
+    if source == ts.JPEG_BASELINE:
         assert result.LossyImageCompression == "01"  # decoded YBR_FULL_422 is written as RGB
 
 
 @pytest.mark.parametrize("target", LOSSLESS_TARGETS + LOSSY_TARGETS)
-@pytest.mark.parametrize("source", [t.EXPLICIT_VR_LITTLE_ENDIAN, t.RLE_LOSSLESS, t.JPEG_BASELINE])
+@pytest.mark.parametrize("source", [ts.EXPLICIT_VR_LITTLE_ENDIAN, ts.RLE_LOSSLESS, ts.JPEG_BASELINE])
 def test_rgb_frames(source: str, target: str) -> None:
     data = t.transcode_instance(rgb8(), source)
     original = _read(data)
-    pixels = t.PixelDescription.from_dataset(original)
+    pixels = codecs.PixelDescription.from_dataset(original)
     assert pixels is not None
     found = read_frames(data, [2])
     (frame,) = t.transcode_frames(found.frames, pixels, found.transfer_syntax_uid, target)
     encoded = pixels.decoded()
-    if target == t.JPEG_BASELINE:  # color JPEG Baseline is YCbCr, JFIF
+    if target == ts.JPEG_BASELINE:  # color JPEG Baseline is YCbCr, JFIF
         encoded = replace(encoded, photometric_interpretation="YBR_FULL_422")
     _check(t.decode_frame(frame, encoded, target), original.pixel_array[1], target, 8)
 
 
-@pytest.mark.parametrize("target", [s for s in LOSSLESS_TARGETS + LOSSY_TARGETS if s != t.JPEG_BASELINE])
+@pytest.mark.parametrize("target", [s for s in LOSSLESS_TARGETS + LOSSY_TARGETS if s != ts.JPEG_BASELINE])
 def test_signed_pixels(target: str) -> None:
     data = signed_ct()
     original = _read(data)
-    pixels = t.PixelDescription.from_dataset(original)
-    reason = t.can_transcode(t.EXPLICIT_VR_LITTLE_ENDIAN, target, pixels)
-    if target == t.JPEG_LS_NEAR_LOSSLESS:
+    pixels = codecs.PixelDescription.from_dataset(original)
+    reason = t.can_transcode(ts.EXPLICIT_VR_LITTLE_ENDIAN, target, pixels)
+    if target == ts.JPEG_LS_NEAR_LOSSLESS:
         assert reason is not None and "signed" in reason
         return
     assert reason is None
@@ -355,7 +357,7 @@ def test_big_endian_other_words_are_swapped() -> None:
     ds.add_new(0x00091010, "OW", words)  # an OW element besides Pixel Data
     ds.add_new(0x00090010, "LO", "DICOMCLOUD TEST")
     data = factory.part10_bytes(ds)
-    result = _read(t.transcode_instance(data, t.EXPLICIT_VR_LITTLE_ENDIAN))
+    result = _read(t.transcode_instance(data, ts.EXPLICIT_VR_LITTLE_ENDIAN))
     assert result[0x00091010].value == np.array([1, 2, 0x1234, 65535], dtype="<u2").tobytes()
     assert np.array_equal(result.pixel_array, _read(data).pixel_array)
     assert result.Rows == SIZE
@@ -367,8 +369,8 @@ def test_native_to_explicit_little_endian_keeps_everything(source: str) -> None:
         factory.make_instance(rows=SIZE, columns=SIZE, number_of_frames=2, transfer_syntax=source, bulk_bytes=100)
     )
     original = _read(data)
-    result = _read(t.transcode_instance(data, t.EXPLICIT_VR_LITTLE_ENDIAN))
-    assert result.file_meta.TransferSyntaxUID == t.EXPLICIT_VR_LITTLE_ENDIAN
+    result = _read(t.transcode_instance(data, ts.EXPLICIT_VR_LITTLE_ENDIAN))
+    assert result.file_meta.TransferSyntaxUID == ts.EXPLICIT_VR_LITTLE_ENDIAN
     assert np.array_equal(result.pixel_array, original.pixel_array)
     _unchanged_elements(original, result)
 
@@ -386,7 +388,7 @@ def test_an_instance_without_pixel_data_only_changes_its_syntax() -> None:
     ds.ContentSequence[0].TextValue = "no pixels here"
     out = BytesIO()
     ds.save_as(out, enforce_file_format=True)
-    for target in (t.EXPLICIT_VR_LITTLE_ENDIAN, t.JPEG_LS_LOSSLESS, t.HTJ2K):
+    for target in (ts.EXPLICIT_VR_LITTLE_ENDIAN, ts.JPEG_LS_LOSSLESS, ts.HTJ2K):
         assert t.can_transcode(ImplicitVRLittleEndian, target, None) is None
         result = _read(t.transcode_instance(out.getvalue(), target))
         assert result.file_meta.TransferSyntaxUID == target
@@ -396,13 +398,13 @@ def test_an_instance_without_pixel_data_only_changes_its_syntax() -> None:
 
 # --- refusals and errors --------------------------------------------------------------
 
-CT = t.PixelDescription(512, 512, bits_allocated=16, bits_stored=12)
+CT = codecs.PixelDescription(512, 512, bits_allocated=16, bits_stored=12)
 
 
 @pytest.mark.parametrize(
     ("source", "target", "pixels", "reason"),
     [
-        (JPEGLSLossless, t.JPEG_BASELINE, CT, "8-bit samples only; this instance has BitsStored 12"),
+        (JPEGLSLossless, ts.JPEG_BASELINE, CT, "8-bit samples only; this instance has BitsStored 12"),
         (JPEGLSLossless, ImplicitVRLittleEndian, CT, "shall not be used with DICOM web services"),
         (JPEGLSLossless, ExplicitVRBigEndian, CT, "shall not be used with DICOM web services"),
         (JPEGLSLossless, DeflatedExplicitVRLittleEndian, CT, "is not supported"),
@@ -412,28 +414,33 @@ CT = t.PixelDescription(512, 512, bits_allocated=16, bits_stored=12)
         ("1.2.840.10008.1.2.4.110", RLELossless, CT, "no decoder for"),
         (
             ExplicitVRLittleEndian,
-            t.JPEG_2000,
-            t.PixelDescription(8, 8, bits_allocated=8, bits_stored=8, photometric_interpretation="PALETTE COLOR"),
+            ts.JPEG_2000,
+            codecs.PixelDescription(8, 8, bits_allocated=8, bits_stored=8, photometric_interpretation="PALETTE COLOR"),
             "lossy and would change PALETTE COLOR indices",
         ),
-        (ExplicitVRLittleEndian, RLELossless, t.PixelDescription(8, 8, bits_allocated=32, bits_stored=32), "32"),
-        (ExplicitVRLittleEndian, JPEG2000Lossless, t.PixelDescription(8, 8, samples_per_pixel=4), "SamplesPerPixel 4"),
+        (ExplicitVRLittleEndian, RLELossless, codecs.PixelDescription(8, 8, bits_allocated=32, bits_stored=32), "32"),
+        (
+            ExplicitVRLittleEndian,
+            JPEG2000Lossless,
+            codecs.PixelDescription(8, 8, samples_per_pixel=4),
+            "SamplesPerPixel 4",
+        ),
         (
             JPEG2000Lossless,
             ExplicitVRLittleEndian,
-            t.PixelDescription(8192, 8192, bits_allocated=16, number_of_frames=40),
+            codecs.PixelDescription(8192, 8192, bits_allocated=16, number_of_frames=40),
             "too long for Explicit VR Little Endian",
         ),
     ],
 )
-def test_refusals_say_why(source: str, target: str, pixels: t.PixelDescription, reason: str) -> None:
+def test_refusals_say_why(source: str, target: str, pixels: codecs.PixelDescription, reason: str) -> None:
     got = t.can_transcode(source, target, pixels)
     assert got is not None and reason in got, got
 
 
 def test_no_encoder_installed_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(t._TARGETS, t.HTJ2K_LOSSLESS)
-    reason = t.can_transcode(ExplicitVRLittleEndian, t.HTJ2K_LOSSLESS, CT)
+    monkeypatch.delitem(codecs.TARGETS, ts.HTJ2K_LOSSLESS)
+    reason = t.can_transcode(ExplicitVRLittleEndian, ts.HTJ2K_LOSSLESS, CT)
     assert reason is not None and reason.startswith("no encoder for High-Throughput JPEG 2000")
 
 
@@ -447,39 +454,39 @@ def _corrupt_codestream(data: bytes) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("source", [JPEGLSLossless, JPEG2000Lossless, t.JPEG_LOSSLESS_SV1, t.HTJ2K_LOSSLESS])
+@pytest.mark.parametrize("source", [JPEGLSLossless, JPEG2000Lossless, ts.JPEG_LOSSLESS_SV1, ts.HTJ2K_LOSSLESS])
 def test_corrupt_compressed_data_is_a_clear_error(source: str) -> None:
     data = _corrupt_codestream(ct_source(source))
     with pytest.raises(MalformedDicom, match="cannot be decoded") as caught:
-        t.transcode_instance(data, t.EXPLICIT_VR_LITTLE_ENDIAN)
+        t.transcode_instance(data, ts.EXPLICIT_VR_LITTLE_ENDIAN)
     assert http_status(caught.value) == 400
-    pixels = t.PixelDescription.from_dataset(_read(data))
+    pixels = codecs.PixelDescription.from_dataset(_read(data))
     assert pixels is not None
     found = read_frames(data, [2])
     with pytest.raises(MalformedDicom, match="a frame cannot be decoded"):
-        t.transcode_frames(found.frames, pixels, source, t.EXPLICIT_VR_LITTLE_ENDIAN)
+        t.transcode_frames(found.frames, pixels, source, ts.EXPLICIT_VR_LITTLE_ENDIAN)
 
 
 def test_garbage_is_malformed() -> None:
     with pytest.raises(MalformedDicom, match="unreadable DICOM"):
-        t.transcode_instance(b"\x00" * 300, t.EXPLICIT_VR_LITTLE_ENDIAN)
+        t.transcode_instance(b"\x00" * 300, ts.EXPLICIT_VR_LITTLE_ENDIAN)
     with pytest.raises(MalformedDicom):
-        t.decode_frame(b"\xff\xd8 not a JPEG", CT, t.JPEG_LOSSLESS_SV1)
+        t.decode_frame(b"\xff\xd8 not a JPEG", CT, ts.JPEG_LOSSLESS_SV1)
 
 
 def test_encoder_failure_is_a_server_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(frame: np.ndarray, px: t.PixelDescription) -> tuple[bytes, str]:
+    def broken(frame: np.ndarray, px: codecs.PixelDescription) -> tuple[bytes, str]:
         raise RuntimeError("codec exploded")
 
-    monkeypatch.setitem(t._TARGETS, t.RLE_LOSSLESS, t._Target(t.RLE_LOSSLESS, broken, 1, 16))
+    monkeypatch.setitem(codecs.TARGETS, ts.RLE_LOSSLESS, codecs.Target(ts.RLE_LOSSLESS, broken, 1, 16))
     with pytest.raises(DicomCloudError, match=r"encoding a frame as RLE Lossless .* failed: codec exploded") as caught:
-        t.transcode_instance(ct_source(JPEGLSLossless), t.RLE_LOSSLESS)
+        t.transcode_instance(ct_source(JPEGLSLossless), ts.RLE_LOSSLESS)
     assert http_status(caught.value) == 500
 
 
 def test_ct_description_from_a_header() -> None:
     ds = factory.make_instance(rows=64, columns=32, number_of_frames=5, sop_class_uid=CTImageStorage)
-    pixels = t.PixelDescription.from_dataset(ds)
-    assert pixels == t.PixelDescription(64, 32, 1, 16, 12, 0, "MONOCHROME2", 0, 5)
+    pixels = codecs.PixelDescription.from_dataset(ds)
+    assert pixels == codecs.PixelDescription(64, 32, 1, 16, 12, 0, "MONOCHROME2", 0, 5)
     assert pixels.native_frame_length == 64 * 32 * 2
-    assert t.PixelDescription.from_dataset(Dataset()) is None
+    assert codecs.PixelDescription.from_dataset(Dataset()) is None

@@ -26,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dicomcloud.domain.codecs import PixelDescription
 from dicomcloud.domain.multipart import MediaType, parse_media_type, split_unquoted
-from dicomcloud.domain.transcode import PixelDescription, can_transcode, name_of
+from dicomcloud.domain.transcode import can_transcode, name_of
 from dicomcloud.errors import InvalidInput, NotAcceptable
 
 ANY_TRANSFER_SYNTAX = "*"

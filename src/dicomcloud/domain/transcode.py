@@ -1,16 +1,10 @@
 """Transcoding on request: Pixel Data from one Transfer Syntax to another.
 
 PS3.18 §8.7.3 lets a WADO-RS client name the Transfer Syntax it accepts;
-what the installed codecs can produce is decided here, once, at import:
+what can be produced from what is decided here;
 
-* decoding (any stored syntax to pixels): pydicom's decoders, i.e. pydicom
-  itself (native, RLE), pylibjpeg-libjpeg (JPEG baseline / extended /
-  lossless), pyjpegls or pylibjpeg (JPEG-LS), pylibjpeg-openjpeg (JPEG 2000,
-  HTJ2K);
-* encoding: Explicit VR Little Endian (numpy), RLE Lossless (pydicom),
-  JPEG-LS Lossless / Near-Lossless (pyjpegls), JPEG 2000 Lossless / lossy
-  (pylibjpeg-openjpeg), and from imagecodecs: JPEG Baseline 8-bit and JPEG
-  Lossless SV1 / Process 14 (libjpeg-turbo 3) and HTJ2K (OpenJPH).
+the decoders and encoders are those :mod:`~dicomcloud.domain.codecs` found
+installed; Explicit VR Little Endian is written with numpy.
 
 Encoded streams follow PS3.5 §8.2 and Annex A.4 (one frame per fragment,
 a Basic Offset Table, or an Extended Offset Table past 4 GiB). A lossy
@@ -31,9 +25,7 @@ fails raises :class:`DicomCloudError` (500), both with the reason.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from types import ModuleType
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,54 +34,32 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.filewriter import dcmwrite
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.pixels.encoders.base import get_encoder
 from pydicom.uid import UID
 
+from dicomcloud.domain.codecs import (
+    DECODING_PLUGIN,
+    KNOWN_TARGETS,
+    MONOCHROME,
+    NATIVE,
+    TARGETS,
+    PixelDescription,
+    Target,
+    decodable,
+)
 from dicomcloud.domain.transfer_syntaxes import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
-    HTJ2K,
-    HTJ2K_LOSSLESS,
-    HTJ2K_LOSSLESS_RPCL,
     IMPLICIT_VR_LITTLE_ENDIAN,
-    JPEG_2000,
-    JPEG_2000_LOSSLESS,
     JPEG_BASELINE,
     JPEG_EXTENDED,
-    JPEG_LOSSLESS,
-    JPEG_LOSSLESS_SV1,
-    JPEG_LS_LOSSLESS,
     JPEG_LS_NEAR_LOSSLESS,
-    RLE_LOSSLESS,
 )
 from dicomcloud.errors import DicomCloudError, MalformedDicom, NotAcceptable
 
-imagecodecs: ModuleType | None
-try:
-    import imagecodecs
-except ImportError:  # the codecs extra is not installed
-    imagecodecs = None
-
-
-NATIVE = frozenset(
-    {IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN}
-)
 # Decodable syntaxes whose Pixel Data is always lossy (JPEG 2000 and HTJ2K may be either;
 # video, lossy too, is not decoded here).
 LOSSY_SOURCES = frozenset({JPEG_BASELINE, JPEG_EXTENDED, JPEG_LS_NEAR_LOSSLESS})
 MAX_NATIVE_LENGTH = 2**32 - 2  # PS3.5 §7.1.1: the largest even 32-bit value length
-
-# Lossy settings, chosen for a bounded error rather than a size: JPEG 2000 to a PSNR of
-# 60 dB (a 12-bit RMS error of about 4), JPEG Baseline quality 90, JPEG-LS NEAR 2;
-# HTJ2K uses OpenJPH's default quantization (about as close).
-J2K_LOSSY_PSNR = 60.0
-JPEG_QUALITY = 90
-JLS_NEAR = 2
-
-_COLOR_IN = frozenset({"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"})
-_MONO = frozenset({"MONOCHROME1", "MONOCHROME2"})
-
 
 def name_of(transfer_syntax_uid: str) -> str:
     """``Name (uid)`` for messages, e.g. ``JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)``."""
@@ -97,249 +67,10 @@ def name_of(transfer_syntax_uid: str) -> str:
     return transfer_syntax_uid if name == transfer_syntax_uid else f"{name} ({transfer_syntax_uid})"
 
 
-@dataclass(frozen=True, slots=True)
-class PixelDescription:
-    """The Image Pixel module attributes (PS3.3 C.7.6.3) a codec needs."""
-
-    rows: int
-    columns: int
-    samples_per_pixel: int = 1
-    bits_allocated: int = 16
-    bits_stored: int = 16
-    pixel_representation: int = 0
-    photometric_interpretation: str = "MONOCHROME2"
-    planar_configuration: int = 0
-    number_of_frames: int = 1
-
-    @classmethod
-    def from_dataset(cls, ds: Any) -> PixelDescription | None:
-        """From a data set (a header read up to Pixel Data is enough); None without Rows/Columns."""
-        if ds.get("Rows") in (None, "") or ds.get("Columns") in (None, ""):
-            return None
-
-        def number(keyword: str, default: int) -> int:
-            value = ds.get(keyword)
-            try:
-                return default if value in (None, "") else int(value)
-            except (TypeError, ValueError) as exc:
-                raise MalformedDicom(f"{keyword} {value!r} is not an integer") from exc
-
-        bits_allocated = number("BitsAllocated", 16)
-        return cls(
-            rows=number("Rows", 0),
-            columns=number("Columns", 0),
-            samples_per_pixel=number("SamplesPerPixel", 1),
-            bits_allocated=bits_allocated,
-            bits_stored=number("BitsStored", bits_allocated),
-            pixel_representation=number("PixelRepresentation", 0),
-            photometric_interpretation=str(ds.get("PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
-            planar_configuration=number("PlanarConfiguration", 0),
-            number_of_frames=max(number("NumberOfFrames", 1), 1),
-        )
-
-    @property
-    def native_frame_length(self) -> int:
-        """Bytes of one frame in a native encoding (bits, for BitsAllocated 1, rounded up)."""
-        return (self.rows * self.columns * self.samples_per_pixel * self.bits_allocated + 7) // 8
-
-    def decoded(self) -> PixelDescription:
-        """What decoding gives: color as RGB, planes interleaved (PlanarConfiguration 0)."""
-        if self.samples_per_pixel == 3 and self.photometric_interpretation in _COLOR_IN:
-            return replace(self, photometric_interpretation="RGB", planar_configuration=0)
-        return replace(self, planar_configuration=0)
-
-    def options(self) -> dict[str, Any]:
-        """pydicom's keyword names for one frame of these pixels."""
-        return {
-            "rows": self.rows,
-            "columns": self.columns,
-            "samples_per_pixel": self.samples_per_pixel,
-            "bits_allocated": self.bits_allocated,
-            "bits_stored": self.bits_stored,
-            "pixel_representation": self.pixel_representation,
-            "photometric_interpretation": self.photometric_interpretation,
-            "planar_configuration": self.planar_configuration,
-            "number_of_frames": 1,
-            "pixel_keyword": "PixelData",
-        }
-
-
-# --- encoders ---------------------------------------------------------------------------
-
-Encode = Callable[[np.ndarray, PixelDescription], tuple[bytes, str]]
-"""(one decoded frame, its description) -> (codestream, PhotometricInterpretation of the result)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    uid: str
-    encode: Encode
-    min_bits: int  # BitsStored range
-    max_bits: int
-    lossy_method: str | None = None  # LossyImageCompressionMethod (PS3.3 C.7.6.1.1.5.1) when lossy
-    eight_bit_only: bool = False
-    signed: bool = True
-    min_size: int = 1  # Rows and Columns at least this
-
-
-# pylibjpeg-openjpeg encodes with six resolution levels: smaller images fail
-# (found by tests/e2e/test_fuzz.py with 8 x 8 images: a stream cut mid-body)
-_OPENJPEG_MIN_SIZE = 32
-
-
-def _pydicom_encoder(uid: str, **options: Any) -> Encode | None:
-    encoder = get_encoder(uid)
-    if not encoder.is_available:
-        return None
-
-    def encode(frame: np.ndarray, px: PixelDescription) -> tuple[bytes, str]:
-        opts = {k: v for k, v in px.options().items() if k != "pixel_keyword"}
-        return bytes(encoder.encode(frame, **opts, **options)), px.photometric_interpretation
-
-    return encode
-
-
-def _unsigned(frame: np.ndarray, px: PixelDescription) -> np.ndarray:
-    """Two's complement samples as the unsigned BitsStored-bit patterns JPEG codes (PS3.5 §8.2.1)."""
-    if frame.dtype.kind != "i":
-        return frame
-    unsigned = frame.view(frame.dtype.str.replace("i", "u"))
-    masked: np.ndarray = unsigned & np.array((1 << px.bits_stored) - 1, dtype=unsigned.dtype)
-    return masked
-
-
-def _jpeg_lossless(frame: np.ndarray, px: PixelDescription) -> tuple[bytes, str]:
-    assert imagecodecs is not None
-    data = _unsigned(frame, px)
-    if px.bits_stored <= 8 and data.dtype.itemsize > 1:
-        data = data.astype(np.uint8)
-    space = "RGB" if px.samples_per_pixel == 3 else None  # no color transform in a lossless stream
-    encoded = imagecodecs.jpeg8_encode(
-        data, lossless=True, predictor=1, bitspersample=px.bits_stored, colorspace=space, outcolorspace=space
-    )
-    return bytes(encoded), px.photometric_interpretation
-
-
-def _jpeg_baseline(frame: np.ndarray, px: PixelDescription) -> tuple[bytes, str]:
-    assert imagecodecs is not None
-    if px.samples_per_pixel == 3:
-        encoded = imagecodecs.jpeg8_encode(frame, level=JPEG_QUALITY, subsampling="422")
-        return bytes(encoded), "YBR_FULL_422"
-    return bytes(imagecodecs.jpeg8_encode(frame, level=JPEG_QUALITY)), px.photometric_interpretation
-
-
-def _htj2k(lossless: bool, rpcl: bool) -> Encode:
-    """OpenJPH always codes RPCL progression; no color transform, so RGB stays RGB. HTJ2K
-    Lossless RPCL also wants TLM markers and a base resolution of at most 64 (PS3.5 §10.18)."""
-
-    def encode(frame: np.ndarray, px: PixelDescription) -> tuple[bytes, str]:
-        assert imagecodecs is not None
-        decompositions = None
-        if rpcl:
-            decompositions = max(5, (max(px.rows, px.columns) - 1).bit_length() - 6)
-        encoded = imagecodecs.htj2k_encode(
-            frame, reversible=lossless, rgb=False, tlm=rpcl or None, resolutions=decompositions
-        )
-        return bytes(encoded), px.photometric_interpretation
-
-    return encode
-
-
-def _works(encode: Encode) -> bool:
-    """Whether an imagecodecs encoder runs here (e.g. lossless JPEG needs libjpeg-turbo 3)."""
-    probe = np.arange(64, dtype=np.uint16).reshape(8, 8)
-    try:
-        encode(probe, PixelDescription(8, 8, bits_stored=12))
-    except Exception:  # any failure means: not usable
-        return False
-    return True
-
-
-def _targets() -> dict[str, _Target]:
-    found: dict[str, _Target] = {}
-    pydicom_targets: list[tuple[str, dict[str, Any], int, int, str | None]] = [
-        (RLE_LOSSLESS, {}, 1, 16, None),
-        (JPEG_LS_LOSSLESS, {}, 2, 16, None),
-        (JPEG_LS_NEAR_LOSSLESS, {"jls_error": JLS_NEAR}, 2, 16, "ISO_14495_1"),
-        (JPEG_2000_LOSSLESS, {}, 1, 16, None),
-        (JPEG_2000, {"signal_noise_ratios": [J2K_LOSSY_PSNR]}, 1, 16, "ISO_15444_1"),
-    ]
-    for uid, options, low, high, method in pydicom_targets:
-        encode = _pydicom_encoder(uid, **options)
-        if encode is not None:
-            signed = uid != JPEG_LS_NEAR_LOSSLESS  # NEAR may flip signs at the range ends
-            min_size = _OPENJPEG_MIN_SIZE if uid in (JPEG_2000_LOSSLESS, JPEG_2000) else 1
-            found[uid] = _Target(uid, encode, low, high, method, signed=signed, min_size=min_size)
-    if imagecodecs is not None:
-        if imagecodecs.JPEG8.available and _works(_jpeg_lossless):
-            found[JPEG_LOSSLESS_SV1] = _Target(JPEG_LOSSLESS_SV1, _jpeg_lossless, 2, 16)
-            found[JPEG_LOSSLESS] = _Target(JPEG_LOSSLESS, _jpeg_lossless, 2, 16)  # SV1 is a Process 14 stream
-        if imagecodecs.JPEG8.available:
-            found[JPEG_BASELINE] = _Target(
-                JPEG_BASELINE, _jpeg_baseline, 8, 8, "ISO_10918_1", eight_bit_only=True, signed=False
-            )
-        if imagecodecs.HTJ2K.available and _works(_htj2k(True, False)):
-            found[HTJ2K_LOSSLESS] = _Target(HTJ2K_LOSSLESS, _htj2k(True, False), 1, 16)
-            found[HTJ2K_LOSSLESS_RPCL] = _Target(HTJ2K_LOSSLESS_RPCL, _htj2k(True, True), 1, 16)
-            found[HTJ2K] = _Target(HTJ2K, _htj2k(False, False), 1, 16, "ISO_15444_15")
-    return found
-
-
-_TARGETS = _targets()
-# Encoders that exist somewhere but are not installed here: named in the 406 reason.
-_KNOWN_TARGETS = frozenset(
-    {
-        RLE_LOSSLESS,
-        JPEG_LS_LOSSLESS,
-        JPEG_LS_NEAR_LOSSLESS,
-        JPEG_2000_LOSSLESS,
-        JPEG_2000,
-        JPEG_BASELINE,
-        JPEG_LOSSLESS,
-        JPEG_LOSSLESS_SV1,
-        HTJ2K_LOSSLESS,
-        HTJ2K_LOSSLESS_RPCL,
-        HTJ2K,
-    }
-)
-
-
-def _preferred_decoders() -> dict[str, str]:
-    """pyjpegls (CharLS) decodes JPEG-LS about four times faster than pylibjpeg-libjpeg."""
-    preferred = {}
-    for uid in (JPEG_LS_LOSSLESS, JPEG_LS_NEAR_LOSSLESS):
-        if "pyjpegls" in get_decoder(uid).available_plugins:
-            preferred[uid] = "pyjpegls"
-    return preferred
-
-
-_DECODING_PLUGIN = _preferred_decoders()
-
-
-def _decodable(uid: str) -> bool:
-    if uid in NATIVE:
-        return True
-    try:
-        return bool(get_decoder(uid).is_available)
-    except NotImplementedError:
-        return False
-
-
-def encodable_transfer_syntaxes() -> frozenset[str]:
-    """Every syntax this installation can produce (besides sending the stored one)."""
-    return frozenset({EXPLICIT_VR_LITTLE_ENDIAN, *_TARGETS})
-
-
-def is_lossy(transfer_syntax_uid: str) -> bool:
-    """Whether producing ``transfer_syntax_uid`` here loses information."""
-    target = _TARGETS.get(transfer_syntax_uid)
-    return target is not None and target.lossy_method is not None
-
-
 # --- what is possible -------------------------------------------------------------------
 
 
-def _target_refusal(target: _Target, px: PixelDescription) -> str | None:
+def _target_refusal(target: Target, px: PixelDescription) -> str | None:
     name = name_of(target.uid)
     if px.bits_allocated not in (8, 16):
         return f"{name} is produced here from BitsAllocated 8 or 16 only, not {px.bits_allocated}"
@@ -353,7 +84,7 @@ def _target_refusal(target: _Target, px: PixelDescription) -> str | None:
     if px.samples_per_pixel == 1:
         if photometric == "PALETTE COLOR" and target.lossy_method:
             return f"{name} is lossy and would change PALETTE COLOR indices"
-        if photometric not in _MONO and photometric != "PALETTE COLOR":
+        if photometric not in MONOCHROME and photometric != "PALETTE COLOR":
             return f"{name} is not produced here for PhotometricInterpretation {photometric}"
     elif px.samples_per_pixel == 3:
         if photometric != "RGB":
@@ -378,20 +109,20 @@ def can_transcode(source_ts: str, target_ts: str, pixels: PixelDescription | Non
         return None
     if target_ts in (IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN):
         return f"{name_of(target_ts)} shall not be used with DICOM web services (PS3.18 §8.7.3)"
-    if target_ts != EXPLICIT_VR_LITTLE_ENDIAN and target_ts not in _TARGETS:
-        if target_ts in _KNOWN_TARGETS:
+    if target_ts != EXPLICIT_VR_LITTLE_ENDIAN and target_ts not in TARGETS:
+        if target_ts in KNOWN_TARGETS:
             return f"no encoder for {name_of(target_ts)} is installed"
         return f"transcoding to {name_of(target_ts)} is not supported"
     if pixels is None:
         return None
-    if not _decodable(source_ts):
+    if not decodable(source_ts):
         return f"no decoder for {name_of(source_ts)} is installed"
     if target_ts == EXPLICIT_VR_LITTLE_ENDIAN:
         size = pixels.native_frame_length * pixels.number_of_frames
         if size > MAX_NATIVE_LENGTH:
             return f"the decoded Pixel Data ({size} bytes) is too long for Explicit VR Little Endian"
         return None
-    return _target_refusal(_TARGETS[target_ts], pixels)
+    return _target_refusal(TARGETS[target_ts], pixels)
 
 
 # --- frames -----------------------------------------------------------------------------
@@ -409,7 +140,7 @@ def decode_frame(frame: bytes | memoryview, pixels: PixelDescription, source_ts:
         options: dict[str, Any] = {
             **pixels.options(),
             "as_rgb": True,
-            "decoding_plugin": _DECODING_PLUGIN.get(source, ""),
+            "decoding_plugin": DECODING_PLUGIN.get(source, ""),
         }
         array, _meta = get_decoder(source).as_array(buffer, **options)
     except Exception as exc:
@@ -445,7 +176,7 @@ def encode_frame(frame: np.ndarray, pixels: PixelDescription, target_ts: str) ->
                 pixels.photometric_interpretation
             )
         return _container(frame, pixels.bits_allocated).tobytes(), pixels.photometric_interpretation
-    target = _TARGETS.get(target_ts)
+    target = TARGETS.get(target_ts)
     if target is None:
         raise NotAcceptable(can_transcode(EXPLICIT_VR_LITTLE_ENDIAN, target_ts, pixels) or name_of(target_ts))
     try:
@@ -483,7 +214,7 @@ def _read(data: bytes) -> Dataset:
 def _iter_frames(ds: Dataset, source_ts: str) -> Iterable[np.ndarray]:
     try:
         decoder = get_decoder(source_ts)
-        for array, _meta in decoder.iter_array(ds, as_rgb=True, decoding_plugin=_DECODING_PLUGIN.get(source_ts, "")):
+        for array, _meta in decoder.iter_array(ds, as_rgb=True, decoding_plugin=DECODING_PLUGIN.get(source_ts, "")):
             yield _native_order(array)
     except DicomCloudError:
         raise
@@ -558,7 +289,7 @@ def _recode_pixels(ds: Dataset, pixels: PixelDescription, source_ts: str, target
         _set_encapsulated(ds, encoded)
     if source_ts in LOSSY_SOURCES:
         ds.LossyImageCompression = "01"
-    target = _TARGETS.get(target_ts)
+    target = TARGETS.get(target_ts)
     if target is not None and target.lossy_method is not None:
         native = pixels.native_frame_length * len(encoded)
         _mark_lossy(ds, target.lossy_method, native / max(sum(len(e) for e in encoded), 1))

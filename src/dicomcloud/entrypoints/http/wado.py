@@ -27,6 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from dicomcloud.domain import frames as frames_mod
+from dicomcloud.domain.codecs import PixelDescription
 from dicomcloud.domain.layout import InstanceKey, instance_path
 from dicomcloud.domain.media import (
     FrameMedia,
@@ -44,7 +45,7 @@ from dicomcloud.domain.multipart import (
     multipart_related_type,
     new_boundary,
 )
-from dicomcloud.domain.transcode import PixelDescription, transcode_frames, transcode_instance
+from dicomcloud.domain.transcode import transcode_frames, transcode_instance
 from dicomcloud.entrypoints.http.context import (
     archive,
     instance_key,
