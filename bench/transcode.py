@@ -27,41 +27,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.factory
 
 from tests.factory import pixel_array
 
+from dicomcloud.domain import codecs
 from dicomcloud.domain import transcode as t
+from dicomcloud.domain import transfer_syntaxes as ts
 
-EVRLE = t.EXPLICIT_VR_LITTLE_ENDIAN
+EVRLE = ts.EXPLICIT_VR_LITTLE_ENDIAN
 SHORT = {
     EVRLE: "Explicit VR LE",
-    t.RLE_LOSSLESS: "RLE",
-    t.JPEG_LOSSLESS_SV1: "JPEG Lossless SV1",
-    t.JPEG_LS_LOSSLESS: "JPEG-LS",
-    t.JPEG_LS_NEAR_LOSSLESS: "JPEG-LS near (2)",
-    t.JPEG_2000_LOSSLESS: "JPEG 2000",
-    t.JPEG_2000: "JPEG 2000 lossy (60 dB)",
-    t.HTJ2K_LOSSLESS: "HTJ2K",
-    t.HTJ2K: "HTJ2K lossy",
-    t.JPEG_BASELINE: "JPEG Baseline (8-bit)",
+    ts.RLE_LOSSLESS: "RLE",
+    ts.JPEG_LOSSLESS_SV1: "JPEG Lossless SV1",
+    ts.JPEG_LS_LOSSLESS: "JPEG-LS",
+    ts.JPEG_LS_NEAR_LOSSLESS: "JPEG-LS near (2)",
+    ts.JPEG_2000_LOSSLESS: "JPEG 2000",
+    ts.JPEG_2000: "JPEG 2000 lossy (60 dB)",
+    ts.HTJ2K_LOSSLESS: "HTJ2K",
+    ts.HTJ2K: "HTJ2K lossy",
+    ts.JPEG_BASELINE: "JPEG Baseline (8-bit)",
 }
 PAIRS = [
-    (t.JPEG_2000_LOSSLESS, EVRLE),
-    (t.JPEG_LS_LOSSLESS, EVRLE),
-    (t.HTJ2K_LOSSLESS, EVRLE),
-    (t.RLE_LOSSLESS, EVRLE),
-    (t.JPEG_LOSSLESS_SV1, EVRLE),
-    (EVRLE, t.JPEG_LS_LOSSLESS),
-    (EVRLE, t.JPEG_2000_LOSSLESS),
-    (EVRLE, t.JPEG_2000),
-    (EVRLE, t.HTJ2K_LOSSLESS),
-    (EVRLE, t.HTJ2K),
-    (EVRLE, t.RLE_LOSSLESS),
-    (EVRLE, t.JPEG_LOSSLESS_SV1),
-    (EVRLE, t.JPEG_BASELINE),
-    (t.JPEG_2000_LOSSLESS, t.HTJ2K_LOSSLESS),
-    (t.JPEG_2000_LOSSLESS, t.JPEG_LS_LOSSLESS),
-    (t.JPEG_LS_LOSSLESS, t.HTJ2K_LOSSLESS),
+    (ts.JPEG_2000_LOSSLESS, EVRLE),
+    (ts.JPEG_LS_LOSSLESS, EVRLE),
+    (ts.HTJ2K_LOSSLESS, EVRLE),
+    (ts.RLE_LOSSLESS, EVRLE),
+    (ts.JPEG_LOSSLESS_SV1, EVRLE),
+    (EVRLE, ts.JPEG_LS_LOSSLESS),
+    (EVRLE, ts.JPEG_2000_LOSSLESS),
+    (EVRLE, ts.JPEG_2000),
+    (EVRLE, ts.HTJ2K_LOSSLESS),
+    (EVRLE, ts.HTJ2K),
+    (EVRLE, ts.RLE_LOSSLESS),
+    (EVRLE, ts.JPEG_LOSSLESS_SV1),
+    (EVRLE, ts.JPEG_BASELINE),
+    (ts.JPEG_2000_LOSSLESS, ts.HTJ2K_LOSSLESS),
+    (ts.JPEG_2000_LOSSLESS, ts.JPEG_LS_LOSSLESS),
+    (ts.JPEG_LS_LOSSLESS, ts.HTJ2K_LOSSLESS),
 ]
-CT = t.PixelDescription(512, 512, bits_allocated=16, bits_stored=12)
-GRAY8 = t.PixelDescription(512, 512, bits_allocated=8, bits_stored=8)
+CT = codecs.PixelDescription(512, 512, bits_allocated=16, bits_stored=12)
+GRAY8 = codecs.PixelDescription(512, 512, bits_allocated=8, bits_stored=8)
 
 
 def frames() -> dict[str, np.ndarray]:
@@ -75,7 +77,7 @@ def run(repeat: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for flavour, pixels in frames().items():
         for source, target in PAIRS:
-            px, arr = (GRAY8, (pixels >> 4).astype(np.uint8)) if target == t.JPEG_BASELINE else (CT, pixels)
+            px, arr = (GRAY8, (pixels >> 4).astype(np.uint8)) if target == ts.JPEG_BASELINE else (CT, pixels)
             native = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
             stored = native if source == EVRLE else t.transcode_frames([native], px, EVRLE, source)[0]
             times = []
