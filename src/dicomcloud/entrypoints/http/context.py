@@ -12,6 +12,7 @@ from starlette.requests import Request
 
 from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey
 from dicomcloud.domain.uids import validate_tenant, validate_uid
+from dicomcloud.errors import NotFound
 
 if TYPE_CHECKING:
     from dicomcloud.bootstrap import Archive
@@ -83,3 +84,13 @@ def instance_key(request: Request) -> InstanceKey:
         path_uid(request, "series", "SeriesInstanceUID"),
         path_uid(request, "instance", "SOPInstanceUID"),
     )
+
+
+async def instances_of(request: Request, key: StudyKey | SeriesKey) -> list[InstanceKey]:
+    """The instances of a study or series, or :class:`NotFound` naming what is missing."""
+    keys = await archive(request).index.instances(key)
+    if not keys:
+        if isinstance(key, SeriesKey):
+            raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
+        raise NotFound(f"study {key.study_instance_uid} not found")
+    return keys

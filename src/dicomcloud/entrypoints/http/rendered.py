@@ -46,6 +46,7 @@ from dicomcloud.entrypoints.http import cpu
 from dicomcloud.entrypoints.http.context import (
     archive,
     instance_key,
+    instances_of,
     series_key,
     study_key,
 )
@@ -194,18 +195,14 @@ async def _multipart(request: Request, keys: Sequence[InstanceKey], query: Rende
 async def rendered_study(request: Request) -> Response:
     key = study_key(request)
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
-    keys = await archive(request).index.instances(key)
-    if not keys:
-        raise NotFound(f"study {key.study_instance_uid} not found")
+    keys = await instances_of(request, key)
     return await _multipart(request, keys, query, f"study {key.study_instance_uid}")
 
 
 async def rendered_series(request: Request) -> Response:
     key = series_key(request)
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
-    keys = await archive(request).index.instances(key)
-    if not keys:
-        raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
+    keys = await instances_of(request, key)
     return await _multipart(request, keys, query, f"series {key.series_instance_uid}")
 
 
@@ -272,9 +269,7 @@ async def thumbnail_study(request: Request) -> Response:
     key = study_key(request)
 
     async def make(options: render.RenderOptions) -> bytes:
-        keys = await archive(request).index.instances(key)
-        if not keys:
-            raise NotFound(f"study {key.study_instance_uid} not found")
+        keys = await instances_of(request, key)
         paths = [_path(request, k) for k in _series_middles(keys)]
         return await cpu.run(first_thumbnail, paths, options)
 
@@ -285,9 +280,7 @@ async def thumbnail_series(request: Request) -> Response:
     key = series_key(request)
 
     async def make(options: render.RenderOptions) -> bytes:
-        keys = await archive(request).index.instances(key)
-        if not keys:
-            raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
+        keys = await instances_of(request, key)
         return await cpu.run(_representative, _path(request, _middle(keys)), options)
 
     return await _thumbnail(request, key.study, ["series", key.series_instance_uid], make)

@@ -49,6 +49,7 @@ from dicomcloud.domain.transcode import transcode_frames, transcode_instance
 from dicomcloud.entrypoints.http.context import (
     archive,
     instance_key,
+    instances_of,
     series_key,
     service_url,
     study_key,
@@ -189,17 +190,13 @@ def _read(path: str) -> bytes:
 
 async def retrieve_study(request: Request) -> Response:
     key = study_key(request)
-    keys = await archive(request).index.instances(key)
-    if not keys:
-        raise NotFound(f"study {key.study_instance_uid} not found")
+    keys = await instances_of(request, key)
     return await _instances_response(request, keys, single=False)
 
 
 async def retrieve_series(request: Request) -> Response:
     key = series_key(request)
-    keys = await archive(request).index.instances(key)
-    if not keys:
-        raise NotFound(f"series {key.series_instance_uid} not found in study {key.study_instance_uid}")
+    keys = await instances_of(request, key)
     return await _instances_response(request, keys, single=False)
 
 
