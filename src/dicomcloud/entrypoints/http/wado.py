@@ -100,33 +100,30 @@ def _stored_transfer_syntax(path: str) -> str:
 # --- instances -----------------------------------------------------------------------
 
 
-def _source(blobs: BlobStore, key: InstanceKey, path: str, named: Collection[str | None]) -> tuple[str, str | None]:
-    """Where to read an instance from, and its syntax if already known.
-
-    Its rendition (the converter's, in a syntax viewers decode) when one is
-    current — only instances stored in a syntax the viewer cannot decode have
-    one — unless the client named the stored syntax: then the original.
-    """
+def _rendition(blobs: BlobStore, key: InstanceKey) -> tuple[str, str] | None:
+    """The converter's current rendition of an instance (absolute path, its syntax), if any."""
     found = rendition_for(blobs, key)
-    if found is None:
-        return path, None
-    stored = _stored_transfer_syntax(path)
-    if stored in named:
-        return path, stored
-    relative, syntax = found
-    return str(blobs.absolute(relative)), syntax
+    return None if found is None else (str(blobs.absolute(found[0])), found[1])
 
 
 Plan = tuple[str, str, str]  # path to read, its syntax, syntax to send
 
 
-def _plan(blobs: BlobStore, keys: Sequence[InstanceKey], media: InstanceMedia) -> list[Plan | None]:
-    """(path, its syntax, syntax to send) per instance, None when the file is gone; 406 before any byte."""
+def _plan(
+    blobs: BlobStore, keys: Sequence[InstanceKey], media: InstanceMedia, viewer: Collection[str]
+) -> list[Plan | None]:
+    """(path, its syntax, syntax to send) per instance, None when the file is gone; 406 before any byte.
+
+    An instance stored in a syntax the viewer cannot decode is read from its rendition
+    when one is current, unless the client named the stored syntax.
+    """
     plans: list[Plan | None] = []
     for key in keys:
         try:
-            path, syntax = _source(blobs, key, str(blobs.absolute(instance_path(key))), media.transfer_syntaxes)
-            stored = syntax or _stored_transfer_syntax(path)
+            path = str(blobs.absolute(instance_path(key)))
+            stored = _stored_transfer_syntax(path)
+            if stored not in viewer and stored not in media.transfer_syntaxes:
+                path, stored = _rendition(blobs, key) or (path, stored)
             if media.as_stored(stored):
                 plans.append((path, stored, stored))
                 continue
@@ -147,7 +144,7 @@ async def _instances_response(request: Request, keys: Sequence[InstanceKey], *, 
     a = archive(request)
     media = choose_instance_media(request.headers.get("accept"), single_part_allowed=single)
     # Decide every part's source and syntax (or 406) before the first byte is sent.
-    plans = await asyncio.to_thread(_plan, a.blobs, keys, media)
+    plans = await asyncio.to_thread(_plan, a.blobs, keys, media, a.settings.viewer_transfer_syntaxes)
     if len(keys) == 1:
         plan = plans[0]
         if plan is None:
@@ -360,8 +357,16 @@ def _frames_response(media: FrameMedia, frames: Sequence[bytes | memoryview]) ->
 
 
 def _frames_source(blobs: BlobStore, key: InstanceKey, accept: str | None) -> str:
+    """The file to cut frames from: the rendition, if there is one, unless the stored syntax is named.
+
+    Only instances a viewer cannot decode have a rendition, so this costs a few ``stat``
+    calls and no read for the others."""
+    path = str(blobs.absolute(instance_path(key)))
+    rendition = _rendition(blobs, key)
+    if rendition is None:
+        return path
     named = [r.transfer_syntax for r in parse_accept(accept)] if accept else []
-    return _source(blobs, key, str(blobs.absolute(instance_path(key))), named)[0]
+    return path if _stored_transfer_syntax(path) in named else rendition[0]
 
 
 async def retrieve_frames(request: Request) -> Response:
