@@ -23,13 +23,10 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.encoders.base import get_encoder
 
 from dicomcloud.domain.transfer_syntaxes import (
-    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     HTJ2K,
     HTJ2K_LOSSLESS,
     HTJ2K_LOSSLESS_RPCL,
-    IMPLICIT_VR_LITTLE_ENDIAN,
     JPEG_2000,
     JPEG_2000_LOSSLESS,
     JPEG_BASELINE,
@@ -37,6 +34,7 @@ from dicomcloud.domain.transfer_syntaxes import (
     JPEG_LOSSLESS_SV1,
     JPEG_LS_LOSSLESS,
     JPEG_LS_NEAR_LOSSLESS,
+    NATIVE_SYNTAXES,
     RLE_LOSSLESS,
 )
 from dicomcloud.errors import MalformedDicom
@@ -48,9 +46,7 @@ except ImportError:  # the codecs extra is not installed
     imagecodecs = None
 
 
-NATIVE = frozenset(
-    {IMPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_LITTLE_ENDIAN, DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, EXPLICIT_VR_BIG_ENDIAN}
-)
+NATIVE = NATIVE_SYNTAXES
 # Lossy settings, chosen for a bounded error rather than a size: JPEG 2000 to a PSNR of
 # 60 dB (a 12-bit RMS error of about 4), JPEG Baseline quality 90, JPEG-LS NEAR 2;
 # HTJ2K uses OpenJPH's default quantization (about as close).

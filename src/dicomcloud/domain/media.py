@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from dicomcloud.domain.codecs import PixelDescription
 from dicomcloud.domain.multipart import MediaType, parse_media_type, split_unquoted
 from dicomcloud.domain.transcode import can_transcode, name_of
+from dicomcloud.domain.transfer_syntaxes import NATIVE_SYNTAXES
 from dicomcloud.errors import InvalidInput, NotAcceptable
 
 ANY_TRANSFER_SYNTAX = "*"
@@ -40,14 +41,7 @@ OCTET_STREAM = "application/octet-stream"
 
 # Syntaxes whose Pixel Data is native (uncompressed, not encapsulated): their frames are
 # served as Little Endian octets, i.e. Explicit VR Little Endian (PS3.18 §8.7.3.3.1).
-NATIVE_TRANSFER_SYNTAXES = frozenset(
-    {
-        "1.2.840.10008.1.2",  # Implicit VR Little Endian
-        "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-        "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-        "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
-    }
-)
+NATIVE_TRANSFER_SYNTAXES = NATIVE_SYNTAXES
 
 # Frame part media type per encapsulated Transfer Syntax (PS3.18 Tables 8.7.3-4 and
 # 8.7.3-5; PS3.18 §8.7.3.5 lists video/H265 for HEVC). Syntaxes not listed (e.g. the

@@ -50,6 +50,7 @@ from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
+from dicomcloud.domain.transfer_syntaxes import NATIVE_SYNTAXES
 from dicomcloud.errors import InvalidQuery, NotAcceptable
 
 JPEG = "image/jpeg"
@@ -58,7 +59,7 @@ GIF = "image/gif"
 RENDERED_MEDIA_TYPES = (JPEG, PNG, GIF)
 DEFAULT_JPEG_QUALITY = 90
 # Syntaxes whose frames are native little-endian octets as frames.read_frames returns them.
-_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
+_NATIVE = NATIVE_SYNTAXES
 _PIXEL_MODULE = (
     "Rows",
     "Columns",
@@ -70,7 +71,6 @@ _PIXEL_MODULE = (
     "PixelRepresentation",
     "PlanarConfiguration",
 )
-_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 
 
 class VoiFunction(Enum):
