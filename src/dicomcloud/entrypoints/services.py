@@ -18,7 +18,6 @@ from typing import Any
 import uvicorn
 
 from dicomcloud.bootstrap import Archive
-from dicomcloud.domain.layout import StudyKey
 from dicomcloud.domain.messages import (
     ACCESS_LOG_QUEUE,
     CONVERSION_QUEUE,
@@ -88,12 +87,8 @@ async def webworker(archive: Archive, stop: asyncio.Event) -> None:
         while not stop.is_set() and not events.done():
             due = schedule.due()
             try:
-                studies: dict[StudyKey, None] = {}
-                for key in due:
-                    await archive.metadata.ensure_series(key)
-                    study = StudyKey(key.tenant_id, key.study_instance_uid)
-                    studies[study] = None
-                for study in studies:
+                # ensure_study brings every stale series of the study up to date first
+                for study in dict.fromkeys(key.study for key in due):
                     await archive.metadata.ensure_study(study)
                 if time.monotonic() >= next_scan:
                     next_scan = time.monotonic() + s.webworker_interval

@@ -60,7 +60,7 @@ def handle_store(event: Any, ingest: Ingest, settings: Settings, loop: asyncio.A
         source = Source("dimse", calling_ae, called_ae.strip(), str(assoc.requestor.address))
         durable = _DURABILITY.submit(ingest.make_durable, parsed)  # overlaps the bus flush
         try:
-            ingest.publish_blocking(parsed, parsed.file_size, source)
+            ingest.publish_blocking(parsed, source)
         finally:
             durable.result(timeout=PUBLISH_TIMEOUT)
     except DicomCloudError as exc:

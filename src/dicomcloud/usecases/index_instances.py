@@ -78,11 +78,6 @@ def read_instance(path: Path, tenant_id: str, transfer_syntax_uid: str) -> tuple
         raise InvalidInput(f"stored file {path.name} is unreadable: {exc}") from exc
 
 
-def read_instance_record(path: Path, tenant_id: str, transfer_syntax_uid: str) -> InstanceRecord:
-    """Header of a stored file → InstanceRecord (CPU + I/O; run in a thread)."""
-    return read_instance(path, tenant_id, transfer_syntax_uid)[0]
-
-
 _Read = tuple[InstanceStored, InstanceRecord, PixelTraits]
 
 

@@ -139,8 +139,8 @@ class Ingest:
         except OSError as exc:
             raise Unavailable(f"could not make the instance durable: {exc.strerror or exc}") from exc
 
-    async def publish(self, parsed: ParsedPart10, size: int, source: Source) -> StoredInstance:
-        items, stored = self._event(parsed, size, source)
+    async def publish(self, parsed: ParsedPart10, source: Source) -> StoredInstance:
+        items, stored = self._event(parsed, source)
         try:
             await self._bus.publish(items)
         except DicomCloudError:
@@ -149,9 +149,9 @@ class Ingest:
             raise Unavailable(f"the message bus did not accept the event: {exc}") from exc
         return stored
 
-    def publish_blocking(self, parsed: ParsedPart10, size: int, source: Source) -> StoredInstance:
+    def publish_blocking(self, parsed: ParsedPart10, source: Source) -> StoredInstance:
         """:meth:`publish` for a DIMSE handler thread: no hop through the event loop."""
-        items, stored = self._event(parsed, size, source)
+        items, stored = self._event(parsed, source)
         try:
             self._bus.publish_blocking(items)
         except DicomCloudError:
@@ -160,13 +160,11 @@ class Ingest:
             raise Unavailable(f"the message bus did not accept the event: {exc}") from exc
         return stored
 
-    def _event(
-        self, parsed: ParsedPart10, size: int, source: Source
-    ) -> tuple[list[tuple[str, str, bytes]], StoredInstance]:
-        event = instance_stored(parsed, size, datetime.now(UTC).isoformat(), source)
+    def _event(self, parsed: ParsedPart10, source: Source) -> tuple[list[tuple[str, str, bytes]], StoredInstance]:
+        event = instance_stored(parsed, parsed.file_size, datetime.now(UTC).isoformat(), source)
         value = encode(event)
         key = parsed.key.study_instance_uid
-        stored = StoredInstance(parsed.key, parsed.sop_class_uid, parsed.transfer_syntax_uid, size)
+        stored = StoredInstance(parsed.key, parsed.sop_class_uid, parsed.transfer_syntax_uid, parsed.file_size)
         return [(STORAGE_QUEUE, key, value), (LOG_QUEUE, key, value)], stored
 
     async def store(
@@ -189,6 +187,6 @@ class Ingest:
             expected_study_instance_uid=expected_study_instance_uid,
         )
         stored, _ = await asyncio.gather(
-            self.publish(parsed, parsed.file_size, source), asyncio.to_thread(self.make_durable, parsed)
+            self.publish(parsed, source), asyncio.to_thread(self.make_durable, parsed)
         )
         return stored

@@ -317,17 +317,6 @@ class PostgresIndex:
             for r in rows
         ]
 
-    async def instance_exists(self, key: InstanceKey) -> bool:
-        row = await self._pool.fetchval(
-            f"""SELECT 1 FROM {INDEX}.instance WHERE tenant_id = $1 AND study_instance_uid = $2
-                AND series_instance_uid = $3 AND sop_instance_uid = $4""",
-            key.tenant_id,
-            key.study_instance_uid,
-            key.series_instance_uid,
-            key.sop_instance_uid,
-        )
-        return row is not None
-
     async def search_studies(self, query: QidoQuery) -> QidoResult:
         return await qido.search_studies(self._pool, query)
 

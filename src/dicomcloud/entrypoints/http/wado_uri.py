@@ -231,10 +231,12 @@ def retrieve_dicom(path: str, transfer_syntax: str | None) -> bytes:
     try:
         with open(path, "rb") as f:
             data = f.read()
+        if transfer_syntax is None:  # as stored: no need to know which syntax that is
+            return data
         stored = str(read_file_meta_info(path).TransferSyntaxUID)
     except FileNotFoundError as exc:
         raise NotFound(f"instance {Path(path).stem} not found") from exc
-    if transfer_syntax is None or transfer_syntax == stored:
+    if transfer_syntax == stored:
         return data
     return transcode_instance(data, transfer_syntax)  # NotAcceptable with the reason when it cannot
 
