@@ -61,5 +61,8 @@ VOLUME ["/data"]
 EXPOSE 8080 11112
 
 # dicomcloud stops cleanly on SIGTERM (docker stop), the default stop signal.
+# On 0.0.0.0 the server refuses to start without authentication: run with
+# -e DICOMCLOUD_AUTH_ISSUER=https://<your OpenID provider>/… (or, on a trusted network
+# only, -e DICOMCLOUD_ALLOW_ANONYMOUS=true).
 ENTRYPOINT ["dicomcloud"]
 CMD ["up", "--http-host", "0.0.0.0"]

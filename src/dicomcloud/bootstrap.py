@@ -11,6 +11,7 @@ import asyncpg
 from dicomcloud.adapters.filesystem import FileBlobStore
 from dicomcloud.adapters.journal_bus import JournalBus
 from dicomcloud.adapters.memory_cache import MemoryCache
+from dicomcloud.adapters.oidc import JwksKeys
 from dicomcloud.adapters.postgres.embedded import EmbeddedPostgres
 from dicomcloud.adapters.postgres.index import PostgresIndex
 from dicomcloud.adapters.postgres.pool import NoDatabase, Pool, create_pool
@@ -21,6 +22,7 @@ from dicomcloud.entrypoints.http.context import tenant_prefix
 from dicomcloud.errors import Unavailable
 from dicomcloud.ports import BlobStore, Bus, Cache, Index, Warehouse
 from dicomcloud.settings import Settings, mask_url
+from dicomcloud.usecases.authenticate import TokenVerifier
 from dicomcloud.usecases.build_metadata import MetadataBuilder
 from dicomcloud.usecases.convert import Convert
 from dicomcloud.usecases.index_instances import IndexInstances
@@ -61,6 +63,28 @@ class Archive:
 
     async def close(self) -> None:
         await self.stack.aclose()
+
+
+def token_verifier(settings: Settings) -> TokenVerifier | None:
+    """The bearer-token verifier of the DICOMweb server, on the provider's JWKS; None when
+    authentication is off (settings.load allows that on loopback or when asked)."""
+    if not settings.auth_issuer:
+        return None
+    keys = JwksKeys(
+        settings.auth_issuer,
+        jwks_url=settings.auth_jwks_url,
+        ttl=settings.auth_jwks_ttl_seconds,
+        min_refresh=settings.auth_jwks_min_refresh_seconds,
+        timeout=settings.auth_provider_timeout,
+    )
+    return TokenVerifier(
+        keys,
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        algorithms=settings.auth_algorithms,
+        leeway=settings.auth_leeway_seconds,
+        tenant_claim=settings.auth_tenant_claim,
+    )
 
 
 def _bus(settings: Settings) -> Bus:

@@ -12,7 +12,12 @@
     │   │                            command SOP Instance UID, SOP Class)
     │   ├── InvalidQuery             unknown or malformed QIDO / WADO parameter
     │   ├── UnsupportedMediaType     Content-Type we do not accept
-    │   └── PayloadTooLarge          body or part over the configured limit
+    │   ├── PayloadTooLarge          body or part over the configured limit
+    │   └── InvalidAuthorization     an Authorization header that is not one bearer token
+    ├── Unauthenticated              no bearer token, or one that does not verify (RFC 6750)
+    ├── Forbidden                    authenticated, but the scope, tenant, calling AE title
+    │                                or source address is not granted
+    ├── RequestTimeout               the client stopped sending its request body
     ├── NotFound                     no such tenant / study / series / instance / frame
     ├── NotAcceptable                no representation matches the Accept header
     └── Unavailable                  a store or the bus failed; the client may retry
@@ -69,6 +74,32 @@ class PayloadTooLarge(InvalidInput):
     pass
 
 
+class Unauthenticated(DicomCloudError):
+    """401. ``error`` is the RFC 6750 §3.1 code for ``WWW-Authenticate`` ("" when no
+    token was sent at all, "invalid_token" otherwise). The reason never quotes the token."""
+
+    def __init__(self, reason: str, error: str = "invalid_token") -> None:
+        super().__init__(reason)
+        self.error = error
+
+
+class Forbidden(DicomCloudError):
+    """403 (HTTP) / Refused: Not Authorized (DIMSE). ``scope`` names the scope that was
+    missing, for ``WWW-Authenticate: Bearer error="insufficient_scope"``."""
+
+    def __init__(self, reason: str, scope: str = "") -> None:
+        super().__init__(reason)
+        self.scope = scope
+
+
+class RequestTimeout(DicomCloudError):
+    pass
+
+
+class InvalidAuthorization(InvalidInput):
+    pass
+
+
 class NotFound(DicomCloudError):
     pass
 
@@ -87,6 +118,7 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_NOT_AUTHORIZED = 0x0124  # Refused: Not Authorized (PS3.7 Annex C)
 
 DIMSE_STATUS: dict[type[DicomCloudError], int] = {
     InvalidUID: STATUS_CANNOT_UNDERSTAND,
@@ -97,6 +129,8 @@ DIMSE_STATUS: dict[type[DicomCloudError], int] = {
     PayloadTooLarge: STATUS_OUT_OF_RESOURCES,
     InvalidInput: STATUS_CANNOT_UNDERSTAND,
     Unavailable: STATUS_OUT_OF_RESOURCES,
+    Unauthenticated: STATUS_NOT_AUTHORIZED,
+    Forbidden: STATUS_NOT_AUTHORIZED,
     DicomCloudError: STATUS_PROCESSING_FAILURE,
 }
 
@@ -104,6 +138,9 @@ HTTP_STATUS: dict[type[DicomCloudError], int] = {
     UnsupportedMediaType: 415,
     PayloadTooLarge: 413,
     InvalidInput: 400,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    RequestTimeout: 408,
     NotFound: 404,
     NotAcceptable: 406,
     Unavailable: 503,

@@ -178,3 +178,19 @@ class Cache(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """One of the OpenID provider's token signing keys."""
+
+    key: Any  # a cryptography public key
+    alg: str | None  # the JWK's own "alg", when it names one
+
+
+class SigningKeys(Protocol):
+    """The provider's key set (adapters/oidc.py): the key ``kid`` names, refreshed on a miss."""
+
+    async def key(self, kid: str | None) -> SigningKey: ...
+    async def prefetch(self) -> None: ...
+    async def close(self) -> None: ...

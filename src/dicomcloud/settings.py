@@ -40,6 +40,32 @@ class Settings:
     ae_tenants: Mapping[str, str] = field(default_factory=dict)
     # calling AE titles allowed to associate; empty = any
     allowed_calling_aes: tuple[str, ...] = ()
+    # per-tenant DIMSE admission (called AE titles, allowed calling AE titles and source
+    # networks): a TOML file, see domain/tenancy.py; read once at start
+    dimse_tenants_file: str = ""
+    # DIMSE limits: the largest PDU we accept (0 = no limit), association timeouts
+    dimse_max_pdu_bytes: int = 0
+    dimse_acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    dimse_network_timeout: float = 60.0
+    dimse_max_associations: int = 64
+    # OAuth2 resource server (entrypoints/http/auth.py); auth_issuer empty = no authentication,
+    # which is allowed only on a loopback listener unless allow_anonymous is set
+    auth_issuer: str = ""
+    auth_jwks_url: str = ""  # empty: jwks_uri of the issuer's OpenID configuration
+    auth_audience: str = "dicomcloud"
+    auth_algorithms: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+    auth_leeway_seconds: int = 30
+    auth_read_scope: str = "dicomweb.read"
+    auth_write_scope: str = "dicomweb.write"
+    auth_delete_scope: str = "dicomweb.delete"
+    auth_tenant_claim: str = "tenants"
+    auth_jwks_min_refresh_seconds: float = 10.0  # an unknown kid refreshes the keys at most this often
+    auth_jwks_ttl_seconds: int = 3600
+    auth_provider_timeout: float = 5.0
+    allow_anonymous: bool = False
+    # HTTP limits: a request body that sends nothing for this long is cut off (408)
+    http_body_timeout: float = 60.0
     public_url: str = ""  # base URL written into BulkDataURIs; empty: from http host/port
     cors_origins: tuple[str, ...] = ("*",)
     max_instance_bytes: int = 2 * 1024**3
@@ -132,6 +158,32 @@ def load(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | No
     except InvalidTenant as exc:
         raise ValueError(f"default tenant: {exc.reason}") from exc
     validate_viewer_syntaxes(settings.viewer_transfer_syntaxes)
+    _check_auth(settings)
     if not 0 < len(settings.ae_title) <= 16:
         raise ValueError("the AE title must be 1 to 16 characters")
     return settings
+
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def _check_auth(settings: Settings) -> None:
+    """Fail closed: no DICOMweb without authentication on a reachable address, unless asked."""
+    if not settings.auth_issuer:
+        if settings.http_host not in _LOOPBACK and not settings.allow_anonymous:
+            raise ValueError(
+                f"refusing to serve DICOMweb on {settings.http_host} without authentication: set "
+                "DICOMCLOUD_AUTH_ISSUER (OAuth2) or, for a trusted network, DICOMCLOUD_ALLOW_ANONYMOUS=true"
+            )
+        return
+    if not re.match(r"^https?://[^/\s]+", settings.auth_issuer):
+        raise ValueError(f"auth_issuer {settings.auth_issuer!r} is not an http(s) URL")
+    if settings.auth_jwks_url and not re.match(r"^https?://[^/\s]+", settings.auth_jwks_url):
+        raise ValueError(f"auth_jwks_url {settings.auth_jwks_url!r} is not an http(s) URL")
+    forbidden = [a for a in settings.auth_algorithms if a.lower() == "none" or a.upper().startswith("HS")]
+    if forbidden or not settings.auth_algorithms:
+        raise ValueError(f"auth_algorithms must be asymmetric signature algorithms, not {forbidden or 'empty'}")
+    if not 0 <= settings.auth_leeway_seconds <= 300:
+        raise ValueError("auth_leeway_seconds must be between 0 and 300")
+    if not settings.auth_audience:
+        raise ValueError("auth_audience may not be empty when authentication is on")

@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from dicomcloud.bootstrap import Archive
+from dicomcloud.bootstrap import Archive, token_verifier
 from dicomcloud.domain.messages import (
     ACCESS_LOG_QUEUE,
     CONVERSION_QUEUE,
@@ -118,8 +118,9 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
     publisher runs beside the server and is flushed once the server has stopped."""
     s = archive.settings
     access_log = AccessLog(archive.bus)
+    verifier = token_verifier(s)
     config = uvicorn.Config(
-        create_app(archive, access_log),
+        create_app(archive, access_log, verifier),
         host=s.http_host,
         port=s.http_port,
         log_level="warning",
@@ -151,6 +152,11 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
             f"HTTP   DICOMweb  {s.base_url}/dicom-web   (tenants: {s.base_url}/tenants/<tenant>/dicom-web)",
             flush=True,
         )
+        if verifier is not None:
+            print(f"       OAuth2 bearer tokens of {s.auth_issuer} (audience {s.auth_audience})", flush=True)
+            await verifier.prefetch()
+        else:
+            print("       no authentication (DICOMCLOUD_AUTH_ISSUER is not set)", flush=True)
         try:
             await stop.wait()
         finally:
@@ -164,6 +170,8 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await publisher
         await access_log.close()
+        if verifier is not None:
+            await verifier.close()
 
 
 SERVICES: dict[str, Service] = {

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomcloud.domain.messages import WadoAccessed
 from dicomcloud.domain.uids import validate_tenant, validate_uid
+from dicomcloud.entrypoints.http.auth import SUBJECT
 from dicomcloud.errors import DicomCloudError
 from dicomcloud.usecases.access_log import AccessLog, describe_route
 
@@ -117,7 +118,7 @@ def build_record(
         record_id=str(uuid.uuid4()),
         requested_at=requested_at.isoformat(),
         tenant_id=_tenant(params, default_tenant),
-        subject="",  # the token's ``sub`` once authentication exists
+        subject=str(scope.get(SUBJECT, ""))[:256],  # the token's ``sub`` (entrypoints/http/auth.py)
         client_address=_client(scope),
         method=method if method.isalpha() else "",
         route=found.route,

@@ -19,31 +19,26 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from dicomcloud.domain.authorization import ScopeNames
 from dicomcloud.entrypoints.http import qido, rendered, stow, wado, wado_uri
 from dicomcloud.entrypoints.http.access_log import AccessLogMiddleware
+from dicomcloud.entrypoints.http.auth import BearerAuthMiddleware
+from dicomcloud.entrypoints.http.errors import error_response
 from dicomcloud.errors import DicomCloudError, http_status
 
 if TYPE_CHECKING:
     from dicomcloud.bootstrap import Archive
     from dicomcloud.usecases.access_log import AccessLog
+    from dicomcloud.usecases.authenticate import TokenVerifier
 
 log = logging.getLogger(__name__)
 
 
-def _warning(reason: str) -> str:
-    # a header value is latin-1 on the wire: anything but printable ASCII (a
-    # reason may quote a client's UTF-8 or control characters) becomes "?"
-    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in reason)
-    text = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'299 dicomcloud "{text[:500]}"'
-
-
 async def on_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DicomCloudError)
-    status = http_status(exc)
-    if status >= 500:
+    if http_status(exc) >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc.reason)
-    return PlainTextResponse(exc.reason + "\n", status_code=status, headers={"Warning": _warning(exc.reason)})
+    return error_response(exc)
 
 
 async def health(request: Request) -> Response:
@@ -54,9 +49,14 @@ def dicomweb_routes() -> list[BaseRoute]:
     return [*qido.routes(), *stow.routes(), *wado.routes(), *rendered.routes()]
 
 
-def create_app(archive: Archive, access_log: AccessLog | None = None) -> Starlette:
+def create_app(
+    archive: Archive, access_log: AccessLog | None = None, verifier: TokenVerifier | None = None
+) -> Starlette:
     """The application; with ``access_log``, every request is recorded in it
-    (outermost middleware, so CORS answers and errors are recorded too)."""
+    (outermost middleware, so CORS answers, refusals and errors are recorded too);
+    with ``verifier``, every request but ``/healthz`` needs a bearer token it accepts
+    (inside CORS, so that preflights need none and a browser can read a 401)."""
+    settings = archive.settings
     routes = dicomweb_routes()
     top: list[BaseRoute] = [
         Route("/healthz", health),
@@ -72,7 +72,19 @@ def create_app(archive: Archive, access_log: AccessLog | None = None) -> Starlet
                 AccessLogMiddleware,
                 access_log=access_log,
                 routes=top,
-                default_tenant=archive.settings.default_tenant,
+                default_tenant=settings.default_tenant,
+            )
+        ]
+    )
+    auth_middleware = (
+        []
+        if verifier is None
+        else [
+            Middleware(
+                BearerAuthMiddleware,
+                verifier=verifier,
+                scopes=ScopeNames(settings.auth_read_scope, settings.auth_write_scope, settings.auth_delete_scope),
+                default_tenant=settings.default_tenant,
             )
         ]
     )
@@ -82,12 +94,13 @@ def create_app(archive: Archive, access_log: AccessLog | None = None) -> Starlet
             *logging_middleware,
             Middleware(
                 CORSMiddleware,
-                allow_origins=list(archive.settings.cors_origins),
+                allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST", "OPTIONS"],
                 allow_headers=["*"],
-                expose_headers=["Warning", "Content-Location", "Content-Type", "ETag"],
+                expose_headers=["Warning", "Content-Location", "Content-Type", "ETag", "WWW-Authenticate"],
                 max_age=600,
             ),
+            *auth_middleware,
         ],
         exception_handlers={DicomCloudError: on_error},
     )

@@ -50,6 +50,7 @@ from dicomcloud.entrypoints.http.context import (
     series_key,
     study_key,
 )
+from dicomcloud.entrypoints.http.errors import warning_value
 from dicomcloud.errors import DicomCloudError, InvalidQuery, MalformedDicom, NotAcceptable, NotFound
 
 log = logging.getLogger(__name__)
@@ -151,14 +152,8 @@ def parse_frame_numbers(text: str) -> list[int]:
     return numbers
 
 
-def warning_header(text: str) -> str:
-    """A ``Warning`` field value (RFC 7234 §5.5) with code 299, as PS3.18 §8.3.5.1.1 asks."""
-    clean = text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
-    return f'299 dicomcloud "{clean[:500]}"'
-
-
 def _headers(query: RenderedQuery) -> dict[str, str]:
-    return {"Warning": ", ".join(warning_header(w) for w in query.warnings)} if query.warnings else {}
+    return {"Warning": ", ".join(warning_value(w) for w in query.warnings)} if query.warnings else {}
 
 
 def _path(request: Request, key: InstanceKey) -> str:

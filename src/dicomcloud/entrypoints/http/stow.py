@@ -39,11 +39,13 @@ from dicomcloud.domain.multipart import (
 )
 from dicomcloud.domain.uids import validate_uid
 from dicomcloud.entrypoints.http.context import archive, path_uid, service_url, tenant_of
+from dicomcloud.entrypoints.http.errors import warning_value
 from dicomcloud.errors import (
     DicomCloudError,
     InvalidInput,
     InvalidUID,
     PayloadTooLarge,
+    RequestTimeout,
     Unavailable,
     UnsupportedMediaType,
     dimse_status,
@@ -65,7 +67,10 @@ def _json(vr: str, *values: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": list(values)}
 
 
-async def _read_body(request: Request, limit: int) -> bytearray:
+async def _read_body(request: Request, limit: int, idle_timeout: float) -> bytearray:
+    """The whole body, refused as soon as it passes ``limit`` bytes (413) or sends
+    nothing for ``idle_timeout`` seconds (408: a stalled or slow-loris client does not
+    hold a worker and its memory for ever)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -75,13 +80,21 @@ async def _read_body(request: Request, limit: int) -> bytearray:
         if length > limit:
             raise PayloadTooLarge(f"the request body of {length} bytes exceeds the STOW-RS limit of {limit}")
     body = bytearray()
+    chunks = request.stream().__aiter__()
     try:
-        async for chunk in request.stream():
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
             body += chunk
             if len(body) > limit:
                 raise PayloadTooLarge(f"the request body exceeds the STOW-RS limit of {limit} bytes")
     except ClientDisconnect:
         raise InvalidInput("the client disconnected before the request body was complete") from None
+    except TimeoutError:
+        raise RequestTimeout(f"the request body stalled: nothing received for {idle_timeout:g} s") from None
     return body
 
 
@@ -196,19 +209,14 @@ def _status(stored: Sequence[StoredInstance], failed: Sequence[_Failure]) -> int
     return 409
 
 
-def _warning(host: str, text: str) -> str:
-    """A ``Warning: 299`` value (RFC 7234 §5.5) with ``text`` as a safe quoted-string."""
-    clean = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)[:300]
-    return f'299 {host} "' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 async def store_instances(request: Request) -> Response:
     """PS3.18 §10.5 Store Instances; the Target Resource is all studies or one study."""
     study = path_uid(request, "study", "StudyInstanceUID") if "study" in request.path_params else None
     content_type = request.headers.get("content-type")
     media = parse_content_type(content_type)
     _check_request_type(media)
-    body = await _read_body(request, archive(request).settings.max_stow_bytes)
+    settings = archive(request).settings
+    body = await _read_body(request, settings.max_stow_bytes, settings.http_body_timeout)
     parts = _parts(body, content_type or "", media)
 
     gate = asyncio.Semaphore(CONCURRENCY)
@@ -224,9 +232,9 @@ async def store_instances(request: Request) -> Response:
     host = request.url.netloc or "dicomcloud"
     for failure in failed[:MAX_WARNINGS]:
         who = failure.sop_instance_uid or "an instance"
-        response.headers.append("Warning", _warning(host, f"{who}: {failure.error.reason}"))
+        response.headers.append("Warning", warning_value(f"{who}: {failure.error.reason}"[:300], host))
     if len(failed) > MAX_WARNINGS:
-        response.headers.append("Warning", _warning(host, f"{len(failed) - MAX_WARNINGS} more failures"))
+        response.headers.append("Warning", warning_value(f"{len(failed) - MAX_WARNINGS} more failures", host))
     return response
 
 

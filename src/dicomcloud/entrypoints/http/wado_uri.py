@@ -52,7 +52,8 @@ from dicomcloud.domain.transcode import transcode_instance
 from dicomcloud.domain.uids import validate_uid
 from dicomcloud.entrypoints.http import cpu
 from dicomcloud.entrypoints.http.context import archive, tenant_of
-from dicomcloud.entrypoints.http.rendered import read_header, warning_header
+from dicomcloud.entrypoints.http.errors import warning_value
+from dicomcloud.entrypoints.http.rendered import read_header
 from dicomcloud.errors import InvalidInput, InvalidQuery, NotAcceptable, NotFound
 
 APPLICATION_DICOM = "application/dicom"
@@ -266,7 +267,7 @@ async def wado(request: Request) -> Response:
     media, data = await cpu.run(retrieve_rendered, path, uri)
     headers: dict[str, Any] = {}
     if uri.warnings and media != APPLICATION_DICOM:
-        headers["Warning"] = ", ".join(warning_header(w) for w in uri.warnings)
+        headers["Warning"] = ", ".join(warning_value(w) for w in uri.warnings)
     return Response(data, media_type=media, headers=headers)
 
 
