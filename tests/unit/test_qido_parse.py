@@ -233,6 +233,11 @@ def test_uid_list() -> None:
     assert (k.matching, k.values) == (Matching.LIST, ("1.2.3", "1.2.4"))
     k = key([("ModalitiesInStudy", "CT\\MR")])
     assert (k.matching, k.values) == (Matching.LIST, ("CT", "MR"))
+    # PS3.18 §8.3.4.1: a comma separates the values too (what Orthanc and OHIF send)
+    k = key([("SOPInstanceUID", "1.2.3,1.2.4\\1.2.5")], IN)
+    assert (k.matching, k.values) == (Matching.LIST, ("1.2.3", "1.2.4", "1.2.5"))
+    assert key([("ModalitiesInStudy", "CT,MR")]).values == ("CT", "MR")
+    assert key([("PatientID", "A,B")]).values == ("A,B",)  # a comma in a LO value is just a character
 
 
 def test_wildcards() -> None:

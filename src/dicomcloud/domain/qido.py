@@ -17,7 +17,8 @@ Matching (PS3.4 §C.2.2.2), by Value Representation:
 - empty value: universal matching (C.2.2.2.3) — no condition, the key is returned;
   a value made only of ``*`` is equivalent (C.2.2.2.4);
 - single value matching (C.2.2.2.1) for every VR, case-sensitive except PN;
-- list of UID matching (C.2.2.2.2): backslash-separated UIDs, for UI only — and for
+- list of UID matching (C.2.2.2.2): UIDs separated by backslashes or commas (PS3.18
+  §8.3.4.1), for UI only — and for
   ModalitiesInStudy, a list of CS values (the study matches if any of its
   modalities is listed; PS3.4 C.6.2.1.2);
 - wildcard matching (C.2.2.2.4): ``*`` and ``?`` for the string VRs (AE, CS, LO, LT,
@@ -292,6 +293,8 @@ def parse_value(attr: Attribute, raw: str) -> MatchingKey:
         raise InvalidQuery(f"{attr.keyword}: control characters are not allowed in a value")
     if value == "" or (set(value) == {"*"} and attr.vr in WILDCARD_VRS):
         return MatchingKey(attr, Matching.UNIVERSAL)
+    if _is_list_attribute(attr) and "," in value:
+        value = value.replace(",", "\\")  # PS3.18 §8.3.4.1 lists by comma; UIDs and CS hold none
     if "\\" in value:
         if not _is_list_attribute(attr):
             raise InvalidQuery(
