@@ -12,7 +12,14 @@ from typing import Any, Protocol
 
 from dicomcloud.domain.header import InstanceRecord
 from dicomcloud.domain.layout import InstanceKey, SeriesKey, StudyKey
-from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored, WadoAccessed
+from dicomcloud.domain.messages import (
+    ConversionResult,
+    DicomImageMeta,
+    DicomStateMeta,
+    DimseAssociation,
+    InstanceStored,
+    WadoAccessed,
+)
 from dicomcloud.domain.qido import QidoQuery, QidoResult
 
 JsonDict = dict[str, Any]
@@ -138,6 +145,11 @@ class Warehouse(Protocol):
 
     async def load_access_log(self, rows: Sequence[WadoAccessed]) -> None:
         """Insert one row per record id (the WadoAccessLog); a redelivered record changes nothing."""
+        ...
+
+    async def load_association_log(self, rows: Sequence[DimseAssociation]) -> None:
+        """Insert one row per DIMSE association id (the store log's associations); a
+        redelivered record changes nothing."""
         ...
 
     async def search_instances(self, query: QidoQuery) -> QidoResult: ...

@@ -6,6 +6,7 @@ Precedence: command-line option > environment variable > default. Secrets
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -13,11 +14,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dicomcloud.domain.tenancy import DimseAdmission, DimseTenant, parse_tenants
 from dicomcloud.domain.uids import validate_tenant
 from dicomcloud.domain.viewer_syntaxes import DEFAULT_VIEWER_TRANSFER_SYNTAXES, validate_viewer_syntaxes
 from dicomcloud.errors import InvalidTenant
 
 ENV_PREFIX = "DICOMCLOUD_"
+MIN_PDU_BYTES = 4096  # the smallest maximum PDU length we advertise (DCMTK's minimum too)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Settings:
     # networks): a TOML file, see domain/tenancy.py; read once at start
     dimse_tenants_file: str = ""
     # DIMSE limits: the largest PDU we accept (0 = no limit), association timeouts
-    dimse_max_pdu_bytes: int = 0
+    dimse_max_pdu_bytes: int = 16 * 1024 * 1024
     dimse_acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     dimse_network_timeout: float = 60.0
@@ -94,8 +97,11 @@ class Settings:
         host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::", "") else self.http_host
         return f"http://{host}:{self.http_port}"
 
-    def tenant_for_called_ae(self, called_ae_title: str) -> str:
-        return self.ae_tenants.get(called_ae_title.strip(), self.default_tenant)
+    @functools.cached_property
+    def dimse_admission(self) -> DimseAdmission:
+        """Who may associate with which called AE title, and its tenant (domain/tenancy.py).
+        :func:`load` builds it, so the tenants file is read once, at start."""
+        return read_dimse_admission(self)
 
     def masked(self) -> dict[str, Any]:
         shown = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -107,6 +113,29 @@ class Settings:
 def mask_url(url: str) -> str:
     """Hide the password of ``scheme://user:password@host``."""
     return re.sub(r"(//[^/:@]+:)[^@/]*@", r"\1***@", url)
+
+
+def read_dimse_admission(settings: Settings) -> DimseAdmission:
+    """Read ``dimse_tenants_file`` (if set) and combine it with ``ae_tenants`` and
+    ``allowed_calling_aes``; :class:`ValueError` naming the file and the entry."""
+    tenants: tuple[DimseTenant, ...] = ()
+    path = settings.dimse_tenants_file
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"DIMSE tenants file {path}: cannot be read: {exc}") from exc
+        tenants = parse_tenants(text, f"DIMSE tenants file {path}")
+    try:
+        return DimseAdmission.build(
+            default_tenant=settings.default_tenant,
+            ae_tenants=settings.ae_tenants,
+            allowed_calling_aes=settings.allowed_calling_aes,
+            tenants=tenants,
+        )
+    except ValueError as exc:
+        where = f"DIMSE tenants file {path}" if path else "DIMSE tenants"
+        raise ValueError(f"{where}: {exc}") from exc
 
 
 def _parse_map(text: str) -> dict[str, str]:
@@ -161,6 +190,12 @@ def load(overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | No
     _check_auth(settings)
     if not 0 < len(settings.ae_title) <= 16:
         raise ValueError("the AE title must be 1 to 16 characters")
+    if settings.dimse_max_pdu_bytes != 0 and not MIN_PDU_BYTES <= settings.dimse_max_pdu_bytes < 2**32:
+        raise ValueError(
+            f"the maximum DIMSE PDU length must be 0 (no limit) or {MIN_PDU_BYTES} to {2**32 - 1} bytes, "
+            f"not {settings.dimse_max_pdu_bytes}"
+        )
+    _ = settings.dimse_admission  # reads and checks the tenants file, once
     return settings
 
 

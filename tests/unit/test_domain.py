@@ -166,8 +166,8 @@ def test_settings_precedence_and_masking() -> None:
     }
     settings = load({"http_port": 9100}, env=env)
     assert settings.http_port == 9100
-    assert settings.tenant_for_called_ae("MR1") == "b"
-    assert settings.tenant_for_called_ae("OTHER") == "default"
+    assert settings.dimse_admission.tenant_for("MR1") == "b"
+    assert settings.dimse_admission.tenant_for("OTHER") == "default"
     assert "secret" not in str(settings.masked())
     assert mask_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
     with pytest.raises(ValueError):

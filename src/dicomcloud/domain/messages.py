@@ -202,10 +202,64 @@ class WadoAccessed:
     duration_ms: float
 
 
-Message = InstanceStored | DicomStateMeta | DicomImageMeta | ConversionRequested | ConversionResult | WadoAccessed
+# DimseAssociation.outcome
+ASSOCIATION_RELEASED = "released"  # accepted, and ended by an A-RELEASE (PS3.8 §7.2)
+ASSOCIATION_ABORTED = "aborted"  # ended by an A-ABORT / A-P-ABORT, a lost connection or one of our limits
+ASSOCIATION_REJECTED = "rejected"  # answered with an A-ASSOCIATE-RJ
+ASSOCIATION_OUTCOMES = (ASSOCIATION_RELEASED, ASSOCIATION_ABORTED, ASSOCIATION_REJECTED)
+
+
+@dataclass(frozen=True, slots=True)
+class DimseAssociation:
+    """One DIMSE association ended: a row of the store log's association table (published
+    by storescp on ``log_queue``, beside the InstanceStored of what it stored).
+
+    ``tenant_id`` is the tenant its called AE title addresses (admitted or not; "" when
+    the connection ended before an A-ASSOCIATE-RQ was read). ``reason`` says why it was
+    rejected or aborted, when that is known; it never quotes anything secret.
+    ``failure_statuses`` counts the C-STORE failure statuses answered, by hex code
+    (``{"0xC000": 2}``). ``bytes_received`` counts whole PDUs read from the peer.
+    ``association_id`` (a UUID) makes the load idempotent.
+    """
+
+    TYPE: ClassVar[str] = "DimseAssociation"
+    VERSION: ClassVar[int] = 1
+
+    association_id: str
+    tenant_id: str
+    calling_ae_title: str
+    called_ae_title: str
+    address: str
+    started_at: str  # ISO 8601, UTC: the connection was accepted
+    ended_at: str  # ISO 8601, UTC: the connection was closed
+    outcome: str  # one of ASSOCIATION_OUTCOMES
+    reason: str
+    instances_stored: int
+    instances_failed: int
+    failure_statuses: dict[str, int]
+    bytes_received: int
+
+
+Message = (
+    InstanceStored
+    | DicomStateMeta
+    | DicomImageMeta
+    | ConversionRequested
+    | ConversionResult
+    | WadoAccessed
+    | DimseAssociation
+)
 _TYPES: dict[str, type[Any]] = {
     cls.TYPE: cls
-    for cls in (InstanceStored, DicomStateMeta, DicomImageMeta, ConversionRequested, ConversionResult, WadoAccessed)
+    for cls in (
+        InstanceStored,
+        DicomStateMeta,
+        DicomImageMeta,
+        ConversionRequested,
+        ConversionResult,
+        WadoAccessed,
+        DimseAssociation,
+    )
 }
 
 
@@ -242,6 +296,8 @@ def decode(data: bytes) -> Message:
         raise InvalidInput(f"{cls.TYPE} attempt {message.attempt!r} is not a positive integer")
     if isinstance(message, WadoAccessed):
         _check_access(message)
+    if isinstance(message, DimseAssociation):
+        _check_association(message)
     return message
 
 
@@ -260,3 +316,24 @@ def _check_access(message: WadoAccessed) -> None:
         message.duration_ms, int | float
     ):
         raise InvalidInput("malformed WadoAccessed: status, byte counts and duration must be numbers")
+
+
+def _check_association(message: DimseAssociation) -> None:
+    """What the warehouse would refuse is refused here, so it is dead-lettered, not retried."""
+    try:
+        uuid.UUID(message.association_id)
+        datetime.fromisoformat(message.started_at)
+        datetime.fromisoformat(message.ended_at)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidInput(f"malformed DimseAssociation: {exc}") from exc
+    if message.outcome not in ASSOCIATION_OUTCOMES:
+        raise InvalidInput(f"DimseAssociation outcome {message.outcome!r} is not one of {ASSOCIATION_OUTCOMES}")
+    texts = [getattr(message, f.name) for f in dataclasses.fields(message) if f.type == "str"]
+    if not all(isinstance(t, str) and "\x00" not in t for t in texts):
+        raise InvalidInput("malformed DimseAssociation: a text field is not text")
+    statuses = message.failure_statuses
+    numbers = [message.instances_stored, message.instances_failed, message.bytes_received]
+    if not isinstance(statuses, dict) or not all(isinstance(k, str) for k in statuses):
+        raise InvalidInput("malformed DimseAssociation: failure_statuses must map status codes to counts")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in [*numbers, *statuses.values()]):
+        raise InvalidInput("malformed DimseAssociation: counts and byte counts must be non-negative integers")

@@ -80,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
                 "--ae-tenants",
                 help="called AE → tenant map, e.g. 'CT1=hospa,MR1=hospb' [DICOMCLOUD_AE_TENANTS]",
             )
+            p.add_argument(
+                "--dimse-tenants-file",
+                help="TOML file of tenants: called AE titles, allowed calling AE titles and source "
+                "networks (README 'DIMSE tenants and limits') [DICOMCLOUD_DIMSE_TENANTS_FILE]",
+            )
         p.add_argument("--log-level", help="[DICOMCLOUD_LOG_LEVEL, INFO]")
     _add_tools(sub)
     return parser

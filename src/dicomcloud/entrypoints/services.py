@@ -26,12 +26,14 @@ from dicomcloud.domain.messages import (
     DICOM_STATE_QUEUE,
     LOG_QUEUE,
     STORAGE_QUEUE,
+    DimseAssociation,
 )
 from dicomcloud.entrypoints.http import cpu
 from dicomcloud.entrypoints.http.app import create_app
 from dicomcloud.entrypoints.storescp import StoreSCP
 from dicomcloud.errors import Unavailable
 from dicomcloud.usecases.access_log import AccessLog
+from dicomcloud.usecases.bus_log import BusLog
 from dicomcloud.usecases.consume import consume
 from dicomcloud.usecases.schedule_metadata import MetadataSchedule
 
@@ -40,7 +42,12 @@ Service = Callable[[Archive, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 async def storescp(archive: Archive, stop: asyncio.Event) -> None:
-    scp = StoreSCP(archive.settings, archive.ingest, asyncio.get_running_loop())
+    """The SCP, and beside it the publisher of its association log (log_queue), flushed
+    once the SCP has stopped."""
+    associations: BusLog[DimseAssociation] = BusLog(
+        archive.bus, LOG_QUEUE, _association_id, name="association log"
+    )
+    scp = StoreSCP(archive.settings, archive.ingest, asyncio.get_running_loop(), associations)
     s = archive.settings
     try:
         await asyncio.to_thread(scp.start)
@@ -49,10 +56,23 @@ async def storescp(archive: Archive, stop: asyncio.Event) -> None:
             f"the DICOM listener could not listen on {s.dimse_host}:{s.dimse_port}: {exc.strerror}"
         ) from exc
     print(f"DIMSE  C-ECHO/C-STORE SCP  AE {s.ae_title} on {s.dimse_host}:{s.dimse_port}", flush=True)
+    publishing = asyncio.Event()
+    publisher = asyncio.create_task(associations.run(publishing))
     try:
         await stop.wait()
     finally:
-        await asyncio.to_thread(scp.stop)
+        try:
+            await asyncio.to_thread(scp.stop)
+        finally:
+            publishing.set()
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            await associations.close()
+
+
+def _association_id(record: DimseAssociation) -> str:
+    return record.association_id
 
 
 async def consumer(archive: Archive, stop: asyncio.Event) -> None:

@@ -2,6 +2,7 @@
 
 Each message type goes to its table in one batch (Doris: one Stream Load):
 DicomImageMeta, DicomStateMeta, InstanceStored (the store log),
+DimseAssociation (the store log's associations, ``warehouse.dimse_association_log``),
 ConversionResult (``warehouse.conversion``) and WadoAccessed
 (``warehouse.wado_access_log``). Anything else is dead-lettered.
 Loads are idempotent upserts, so a retried batch changes nothing. Then the
@@ -15,6 +16,7 @@ from dicomcloud.domain.messages import (
     ConversionResult,
     DicomImageMeta,
     DicomStateMeta,
+    DimseAssociation,
     InstanceStored,
     WadoAccessed,
     decode,
@@ -36,6 +38,7 @@ class LoadWarehouse:
         stored: list[InstanceStored] = []
         conversions: list[ConversionResult] = []
         accesses: list[WadoAccessed] = []
+        associations: list[DimseAssociation] = []
         dead: list[DeadLetter] = []
         for record in records:
             try:
@@ -53,6 +56,8 @@ class LoadWarehouse:
                 conversions.append(message)
             elif isinstance(message, WadoAccessed):
                 accesses.append(message)
+            elif isinstance(message, DimseAssociation):
+                associations.append(message)
             else:
                 dead.append(DeadLetter(record, f"{type(message).__name__} does not belong on {record.topic}"))
         await self._warehouse.load_image_meta(images)
@@ -61,6 +66,8 @@ class LoadWarehouse:
         await self._warehouse.load_conversions(conversions)
         if accesses:
             await self._warehouse.load_access_log(accesses)
+        if associations:
+            await self._warehouse.load_association_log(associations)
         if self._cache is not None:
             # Instance searches read the warehouse: their answers move once it is loaded.
             await self._cache.invalidate({(m.tenant_id, m.study_instance_uid) for m in images})

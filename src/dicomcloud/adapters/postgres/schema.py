@@ -202,7 +202,34 @@ CREATE INDEX wado_access_log_study ON {WAREHOUSE}.wado_access_log (tenant_id, st
   WHERE study_instance_uid <> '';
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
+# V4: the store log's associations (issue 6). One row per DIMSE association, accepted or
+# not, inserted by the loader from DimseAssociation messages; the association id makes a
+# redelivered record change nothing. Rows of store_log (one per instance) carry the same
+# calling / called AE titles and address.
+_V4 = f"""
+CREATE TABLE {WAREHOUSE}.dimse_association_log (
+  tenant_id text NOT NULL,
+  association_id uuid NOT NULL,
+  started_at timestamptz NOT NULL,
+  ended_at timestamptz NOT NULL,
+  calling_ae_title text NOT NULL,
+  called_ae_title text NOT NULL,
+  address text NOT NULL,
+  outcome text NOT NULL CHECK (outcome IN ('released', 'aborted', 'rejected')),
+  reason text NOT NULL DEFAULT '',
+  instances_stored bigint NOT NULL,
+  instances_failed bigint NOT NULL,
+  failure_statuses jsonb NOT NULL DEFAULT '{{}}',
+  bytes_received bigint NOT NULL,
+  loaded_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant_id, association_id)
+);
+CREATE INDEX dimse_association_log_time ON {WAREHOUSE}.dimse_association_log (tenant_id, started_at);
+CREATE INDEX dimse_association_log_outcome ON {WAREHOUSE}.dimse_association_log (tenant_id, outcome, started_at)
+  WHERE outcome <> 'released';
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 
 
 async def migrate(conn: asyncpg.Connection) -> None:

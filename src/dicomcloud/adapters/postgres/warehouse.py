@@ -14,7 +14,14 @@ from typing import Any
 from dicomcloud.adapters.postgres import qido
 from dicomcloud.adapters.postgres.schema import WAREHOUSE
 from dicomcloud.domain.attributes import STORED_INSTANCE, STORED_SERIES, STORED_STUDY
-from dicomcloud.domain.messages import ConversionResult, DicomImageMeta, DicomStateMeta, InstanceStored, WadoAccessed
+from dicomcloud.domain.messages import (
+    ConversionResult,
+    DicomImageMeta,
+    DicomStateMeta,
+    DimseAssociation,
+    InstanceStored,
+    WadoAccessed,
+)
 from dicomcloud.domain.qido import QidoQuery, QidoResult
 
 _KEYS = {
@@ -218,6 +225,36 @@ class PostgresWarehouse:
                         r.request_bytes,
                         r.response_bytes,
                         r.duration_ms,
+                    )
+                    for r in rows
+                ],
+            )
+
+    async def load_association_log(self, rows: Sequence[DimseAssociation]) -> None:
+        if not rows:
+            return
+        async with self._pool.acquire() as conn:
+            await conn.executemany(
+                f"""INSERT INTO {WAREHOUSE}.dimse_association_log (tenant_id, association_id, started_at,
+                      ended_at, calling_ae_title, called_ae_title, address, outcome, reason,
+                      instances_stored, instances_failed, failure_statuses, bytes_received)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    ON CONFLICT DO NOTHING""",
+                [
+                    (
+                        r.tenant_id,
+                        uuid.UUID(r.association_id),
+                        datetime.fromisoformat(r.started_at),
+                        datetime.fromisoformat(r.ended_at),
+                        r.calling_ae_title,
+                        r.called_ae_title,
+                        r.address,
+                        r.outcome,
+                        r.reason,
+                        r.instances_stored,
+                        r.instances_failed,
+                        r.failure_statuses,
+                        r.bytes_received,
                     )
                     for r in rows
                 ],
