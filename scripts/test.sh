@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: install what is missing, start a throwaway PostgreSQL, a
-# single-node Kafka (scripts/kafka.sh, DICOMCLOUD_TEST_KAFKA) and a Redis
-# without persistence (DICOMCLOUD_TEST_REDIS), then
+# single-node Kafka (scripts/kafka.sh, DICOMCLOUD_TEST_KAFKA), a Redis
+# without persistence (DICOMCLOUD_TEST_REDIS) and a Keycloak with the test realm
+# (scripts/keycloak.sh, DICOMCLOUD_TEST_OIDC_ISSUER), then
 # ruff, mypy and pytest over the whole tests/ tree. Exits non-zero if any step fails
 # (pytest's "no tests collected", exit 5, counts as a failure).
 #
@@ -69,7 +70,14 @@ stop_redis() {
         rm -rf "$redis_dir"
     fi
 }
-trap 'stop_postgres; stop_kafka; stop_redis' EXIT
+keycloak_dir=""
+stop_keycloak() {
+    if [ -n "$keycloak_dir" ] && [ -d "$keycloak_dir" ]; then
+        bash "$repo/scripts/keycloak.sh" stop "$keycloak_dir" || true
+        rm -rf "$keycloak_dir"
+    fi
+}
+trap 'stop_postgres; stop_kafka; stop_redis; stop_keycloak' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -140,6 +148,27 @@ start_redis() {
 section "Redis"
 if ! start_redis; then
     echo "scripts/test.sh: FAILED: could not start a Redis server"
+    exit 1
+fi
+
+# --- throwaway Keycloak (from Maven Central, realm tests/oidc/realm-dicomcloud.json) ------
+
+start_keycloak() {
+    local port t0 issuer
+    t0=$(date +%s)
+    bash scripts/keycloak.sh fetch >/dev/null || return 1
+    echo "Keycloak ready in $(($(date +%s) - t0)) s"
+    keycloak_dir=$(mktemp -d /tmp/dicomcloud-keycloak.XXXXXX) || return 1
+    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    t0=$(date +%s)
+    issuer=$(bash scripts/keycloak.sh start "$keycloak_dir" "$port") || return 1
+    export DICOMCLOUD_TEST_OIDC_ISSUER="$issuer"
+    echo "Keycloak issuer $issuer, started in $(($(date +%s) - t0)) s (home $keycloak_dir)"
+}
+
+section "Keycloak"
+if ! start_keycloak; then
+    echo "scripts/test.sh: FAILED: could not start a Keycloak server"
     exit 1
 fi
 

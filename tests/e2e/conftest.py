@@ -172,7 +172,7 @@ class Archive:
                 pytest.fail(f"dicomcloud up exited with {code} while starting:\n{self.output()}")
             try:
                 r = httpx.get(f"{self.url}/studies", timeout=2.0)
-                if r.status_code in (200, 204):
+                if r.status_code in (200, 204, 401):  # 401: up, with authentication on
                     with socket.create_connection(("127.0.0.1", self.dimse_port), timeout=2.0):
                         return
                 last = f"GET /dicom-web/studies answered {r.status_code}"
