@@ -13,11 +13,15 @@ parameters and WADO / QIDO path segments at one archive. Then:
   answers about it as before.
 
 - the index keeps up: an instance stored after the fuzzing becomes searchable
-  (a poison record must be dead-lettered, not retried with its batch forever).
+  (a poison record must be dead-lettered, not retried with its batch forever);
+- nothing acknowledged is lost from view: every instance that got C-STORE Success
+  or a STOW-RS stored entry is searchable by its SOPInstanceUID.
 
 ``test_damaged_element`` replays, every time, the damage the fuzzing found to
-crash something. ``DICOMCLOUD_FUZZ_EXAMPLES`` (default 150) sets the examples
-per fuzz test; they run in some 15 s on two cores.
+crash something or to be acknowledged and then never indexed: refused with a
+reason over both C-STORE and STOW-RS alike, or stored and then listed.
+``DICOMCLOUD_FUZZ_EXAMPLES`` (default 150) sets the examples per fuzz test;
+they run in some 15 s on two cores.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from tests import factory
 from tests.e2e.conftest import (
     DICOM,
     DICOM_JSON,
+    SEARCH_TIMEOUT,
     Archive,
     parse_multipart,
     qido,
@@ -706,15 +711,39 @@ def test_raw_hostile_paths(archive: Archive, baseline: Baseline, target: str) ->
 
 
 def _damaged(seed: Seed, tag: int, how: str) -> bytes:
-    """The seed's data set (Explicit VR Little Endian) with the element ``tag`` damaged,
-    the elements after it still where a parser finds them."""
+    """The seed's data set with the element ``tag`` damaged, the elements after it
+    still where a parser finds them (unless the damage is that they are not)."""
     data = seed.part10[seed.dataset_offset :]
-    for start, _, end in _elements(data, 0, implicit=False, little=True):
-        group, element = struct.unpack("<HH", data[start : start + 4])
+    if seed.syntax == DeflatedExplicitVRLittleEndian:
+        assert how == "deflate stream cut", how
+        return data[: len(data) - 16]
+    little = seed.syntax != ExplicitVRBigEndian
+    order, byteorder = ("<", "little") if little else (">", "big")
+    elements = _elements(data, 0, seed.implicit, little)
+    for start, field, end in elements:
+        group, element = struct.unpack(order + "HH", data[start : start + 4])
         if (group << 16 | element) != tag:
             continue
+        width = 4 if seed.implicit or field - start == 8 else 2
+        header = field - start + width
         vr = data[start + 4 : start + 6]
-        value = data[start + (12 if vr in _LONG_VRS else 8) : end]
+        value = data[start + header : end]
+        if how == "cut short":  # the data set ends inside the value
+            return data[: start + header + 1]
+        if how == "length past the end":
+            return data[:field] + (len(data) - start).to_bytes(width, byteorder) + data[field + width :]
+        if how == "undefined length":  # implicit VR: pydicom took it for a sequence and ate the rest
+            return data[:field] + b"\xff\xff\xff\xff" + data[field + 4 :]
+        if how == "unclosed sequence before":  # its delimiter lost: the element is read as its item
+            item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+            return data[:start] + struct.pack("<HH2sHI", 0x0040, 0x0275, b"SQ", 0, 0xFFFFFFFF) + item + data[start:]
+        if how == "again after":  # a second copy, with another valid UID, after (0020,000E)
+            rows = next(s for s, _, _ in elements if data[s : s + 4] == b"\x28\x00\x10\x00")
+            copy = struct.pack("<HH2sH", group, element, vr, 10) + b"2.25.1234\x00"
+            return data[:rows] + copy + data[rows:]
+        if how == "UN of odd length":  # the sender did not know its VR; the dictionary's US does not fit
+            value += b"\x00"
+            return data[:start] + struct.pack("<HH2sHI", group, element, b"UN", 0, len(value)) + value + data[end:]
         if how == "odd length":  # one byte more than the VR allows
             value += b"\x00"
         elif how == "unknown VR":
@@ -723,55 +752,96 @@ def _damaged(seed: Seed, tag: int, how: str) -> bytes:
             value = value[:4] + b"\x00" + value[5:]
         elif how == "huge number":
             value = b"9" * 30
-        return data[:start] + struct.pack("<HH2sH", group, element, vr, len(value)) + value + data[end:]
+        if seed.implicit:
+            return data[:start] + struct.pack(order + "HHI", group, element, len(value)) + value + data[end:]
+        return data[:start] + struct.pack(order + "HH2sH", group, element, vr, len(value)) + value + data[end:]
     raise AssertionError(f"no element {tag:08X}")
 
 
-DAMAGE = {
+# name -> (element, damage, transfer syntax of the data set)
+DAMAGE: dict[str, tuple[int, str, str]] = {
     # a C-STORE "processing failure" (the SCP's catch-all), a 500 over STOW-RS
-    "SeriesInstanceUID with VR OO": (0x0020000E, "unknown VR"),
+    "SeriesInstanceUID with VR OO": (0x0020000E, "unknown VR", ExplicitVRLittleEndian),
     # the indexer failed its whole batch on it, forever: indexing stalled for everyone
-    "BitsAllocated of odd length": (0x00280100, "odd length"),
+    "BitsAllocated of odd length": (0x00280100, "odd length", ExplicitVRLittleEndian),
     # accepted and listed, but the series metadata answered 500
-    "Pixel Data with VR OO": (0x7FE00010, "unknown VR"),
+    "Pixel Data with VR OO": (0x7FE00010, "unknown VR", ExplicitVRLittleEndian),
     # PostgreSQL refused the warehouse batch (NUL in text, bigint overflow), forever
-    "NUL in ContentDate": (0x00080023, "NUL"),
-    "NUL in PatientID": (0x00100020, "NUL"),
-    "InstanceNumber of 30 digits": (0x00200013, "huge number"),
+    "NUL in ContentDate": (0x00080023, "NUL", ExplicitVRLittleEndian),
+    "NUL in PatientID": (0x00100020, "NUL", ExplicitVRLittleEndian),
+    "InstanceNumber of 30 digits": (0x00200013, "huge number", ExplicitVRLittleEndian),
+    # acknowledged, then dead-lettered by the indexer: never searchable. Damage after
+    # (0020,000E), where filing stops decoding; now refused, or (UN) indexed as far as it reads
+    "BitsAllocated of odd length, implicit VR": (0x00280100, "odd length", ImplicitVRLittleEndian),
+    "SamplesPerPixel with VR OO": (0x00280002, "unknown VR", ExplicitVRLittleEndian),
+    "StudyID of undefined length, implicit VR": (0x00200010, "undefined length", ImplicitVRLittleEndian),
+    "a sequence that never closes": (0x7FE00010, "unclosed sequence before", ExplicitVRLittleEndian),
+    "a deflate stream cut short": (0, "deflate stream cut", DeflatedExplicitVRLittleEndian),
+    "SOPInstanceUID again after (0020,000E)": (0x00080018, "again after", ExplicitVRLittleEndian),
+    "BitsAllocated as UN of 3 bytes": (0x00280100, "UN of odd length", ExplicitVRLittleEndian),
+    # acknowledged and listed, but the rest of the data set was not there
+    "Rows cut short": (0x00280010, "cut short", ExplicitVRLittleEndian),
+    "Rows cut short, big endian": (0x00280010, "cut short", ExplicitVRBigEndian),
+    "Pixel Data longer than the data set": (0x7FE00010, "length past the end", ExplicitVRLittleEndian),
 }
+
+
+def _stow_outcome(r: httpx.Response, sop: str) -> str:
+    """Whether the response lists ``sop`` as stored: "stored", else "failed"."""
+    if r.status_code not in (200, 202, 409):
+        return "failed"
+    reply = Dataset.from_json(r.json())
+    stored = {str(item.ReferencedSOPInstanceUID) for item in reply.get("ReferencedSOPSequence", [])}
+    return "stored" if sop in stored else "failed"
 
 
 @pytest.mark.parametrize("damage", DAMAGE.values(), ids=DAMAGE.keys())
 def test_damaged_element(
-    archive: Archive, http: httpx.Client, scu: list[Association], tmp_path: Path, damage: tuple[int, str]
+    archive: Archive, http: httpx.Client, scu: list[Association], tmp_path: Path, damage: tuple[int, str, str]
 ) -> None:
+    """Refused with a reason, or stored and then searchable, retrievable and in its series'
+    metadata; C-STORE and STOW-RS agree; and the index keeps up."""
     COUNTS["c-store"] += 1
-    seed = fresh_seed(ExplicitVRLittleEndian)
+    tag, how, syntax = damage
+    seed = fresh_seed(syntax)
     sop = str(factory.read(seed.part10).SOPInstanceUID)
+    damaged = seed.part10[: seed.dataset_offset] + _damaged(seed, tag, how)
     path = tmp_path / "damaged.dcm"
-    path.write_bytes(seed.part10[: seed.dataset_offset] + _damaged(seed, *damage))
+    path.write_bytes(damaged)
+    if not scu[0].is_established:
+        scu[0] = _associate(archive)
     status = scu[0].send_c_store(path)
     assert status and code_to_category(status.Status) in ("Success", "Failure"), status
-    if code_to_category(status.Status) == "Failure":
+    acknowledged = code_to_category(status.Status) == "Success"
+    if not acknowledged:
         _assert_reasoned_failure(status, str(damage))
     r = http.post(
         f"{archive.url}/studies",
-        content=seed.part10[: seed.dataset_offset] + _damaged(seed, *damage),
+        content=damaged,
         headers={"Content-Type": "application/dicom", "Accept": DICOM_JSON},
     )
     _assert_reasoned(r, f"STOW-RS {damage}")
+    stow = _stow_outcome(r, sop)
+    assert (stow == "stored") == acknowledged, f"C-STORE 0x{status.Status:04X} but STOW-RS {stow}: {r.text[:300]}"
+    if acknowledged:
+        ACCEPTED.add(sop)
     # the index keeps up: a later valid instance becomes searchable
     good = fresh_seed(ExplicitVRLittleEndian)
     status = scu[0].send_c_store(factory.read(good.part10))
     assert status and status.Status == 0x0000, status
     wait_for_instances(http, archive.url, [str(factory.read(good.part10).SOPInstanceUID)])
     rows = qido(http, f"{archive.url}/instances", SOPInstanceUID=sop)
-    if rows:  # listed: retrievable, and in its series' metadata
-        _retrieve_instance(http, archive.url, rows[0])
-        study, series = value(rows[0], "0020000D"), value(rows[0], "0020000E")
-        r = http.get(f"{archive.url}/studies/{study}/series/{series}/metadata", headers={"Accept": DICOM_JSON})
-        assert r.status_code == 200, f"{r.status_code}: {r.text[:300]}"
-        assert sop in {value(item, "00080018") for item in r.json()}
+    if not acknowledged:
+        assert rows == [], f"refused, yet listed: {rows}"
+        return
+    # acknowledged: searchable, retrievable, and in its series' metadata
+    wait_for_instances(http, archive.url, [sop])
+    rows = qido(http, f"{archive.url}/instances", SOPInstanceUID=sop)
+    _retrieve_instance(http, archive.url, rows[0])
+    study, series = value(rows[0], "0020000D"), value(rows[0], "0020000E")
+    r = http.get(f"{archive.url}/studies/{study}/series/{series}/metadata", headers={"Accept": DICOM_JSON})
+    assert r.status_code == 200, f"{r.status_code}: {r.text[:300]}"
+    assert sop in {value(item, "00080018") for item in r.json()}
 
 
 @pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"])
@@ -869,3 +939,27 @@ def test_archive_intact_after_fuzzing(archive: Archive, baseline: Baseline, http
         f"{len(listed)} instances in {len(by_series)} series listed"
     )
     print("fuzz outcomes:", ", ".join(f"{k}: {v}" for k, v in sorted(OUTCOMES.items())))
+
+    # nothing acknowledged is lost from view (ARCHITECTURE §6.1): every instance that got
+    # C-STORE Success or a STOW-RS stored entry is searchable by its SOPInstanceUID
+    missing = _not_searchable(http, archive.url, ACCEPTED - listed_sops)
+    assert not missing, (
+        f"{len(missing)} of {len(ACCEPTED)} acknowledged instances never became searchable within "
+        f"{SEARCH_TIMEOUT:.0f} s, e.g. {sorted(missing)[:5]}; log:\n{_dead_letters(archive.output())}"
+    )
+
+
+def _not_searchable(http: httpx.Client, url: str, sop_instance_uids: set[str]) -> set[str]:
+    """Those of ``sop_instance_uids`` still not searchable after the search timeout."""
+    missing = set(sop_instance_uids)
+    deadline = time.monotonic() + SEARCH_TIMEOUT
+    while missing and time.monotonic() < deadline:
+        missing = {uid for uid in missing if not qido(http, f"{url}/instances", SOPInstanceUID=uid)}
+        if missing:
+            time.sleep(0.5)
+    return missing
+
+
+def _dead_letters(log: str) -> str:
+    lines = [line for line in log.splitlines() if "dead-letter" in line]
+    return "\n".join(lines[-20:]) or log[-3000:]

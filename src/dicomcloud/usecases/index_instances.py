@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import dcmread
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomcloud.domain.header import InstanceRecord
 from dicomcloud.domain.messages import (
@@ -52,24 +53,46 @@ class DeadLetter:
 HEAD_BYTES = 256 * 1024
 
 
-def _read_header(path: Path) -> Dataset:
-    """The dataset up to Pixel Data, from one read of the file's head (few GIL hand-overs)."""
+def _read_header(path: Path, transfer_syntax_uid: str) -> Dataset:
+    """The dataset up to Pixel Data, from one read of the file's head (few GIL hand-overs).
+
+    The whole file when the header does not end within the head: a head cut inside
+    a long header (a waveform, an RT structure set) can fail to parse, and a deflated
+    data set inflates only as a whole (PS3.5 §A.5).
+    """
+    if transfer_syntax_uid == DeflatedExplicitVRLittleEndian:
+        return dcmread(path, stop_before_pixels=True)
     with open(path, "rb") as f:
         head = f.read(HEAD_BYTES)
     buffer = BytesIO(head)
-    ds = dcmread(buffer, stop_before_pixels=True)
+    try:
+        ds = dcmread(buffer, stop_before_pixels=True)
+    except Exception:
+        if len(head) < HEAD_BYTES:
+            raise  # that was the whole file
+        return dcmread(path, stop_before_pixels=True)
     if len(head) == HEAD_BYTES and buffer.tell() >= len(head) - 16:
         ds = dcmread(path, stop_before_pixels=True)  # a header longer than the head
     return ds
 
 
+def _pixel_traits(ds: Dataset) -> PixelTraits:
+    """Tolerant when reading (``header.py``): pixel attributes that do not convert
+    (a BitsAllocated of the wrong VR) make an instance without known pixels, not a dead letter."""
+    try:
+        return PixelTraits.from_dataset(ds)
+    except Exception:
+        return PixelTraits(has_pixels=False)
+
+
 def read_instance(path: Path, tenant_id: str, transfer_syntax_uid: str) -> tuple[InstanceRecord, PixelTraits]:
     """Header of a stored file → InstanceRecord and its pixel traits (CPU + I/O; run in a thread)."""
     try:
-        ds = _read_header(path)
-        # pydicom converts values on access: a damaged one (e.g. BitsAllocated of
-        # odd length) raises here, and must dead-letter this record, not fail the batch
-        return InstanceRecord.from_dataset(ds, tenant_id, transfer_syntax_uid), PixelTraits.from_dataset(ds)
+        ds = _read_header(path, transfer_syntax_uid)
+        # Ingest refused what pydicom cannot parse (``domain/structure.py``) and optional
+        # values that do not convert are left out; what still raises here (a file damaged
+        # after it was stored) dead-letters this record, it does not fail the batch
+        return InstanceRecord.from_dataset(ds, tenant_id, transfer_syntax_uid), _pixel_traits(ds)
     except FileNotFoundError as exc:
         raise InvalidInput(f"stored file {path.name} is missing") from exc
     except DicomCloudError:

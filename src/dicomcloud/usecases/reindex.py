@@ -187,11 +187,11 @@ def read_event(root: Path, rel: str, key: InstanceKey) -> InstanceStored | Skipp
         with open(path, "rb") as f:
             head = f.read(HEAD_BYTES)
         try:
-            parsed = parse_part10(normalize_part10(head), key.tenant_id)
+            parsed = parse_part10(normalize_part10(head), key.tenant_id, whole=False)
         except DicomCloudError:
             if len(head) == stat.st_size:
                 raise
-            parsed = parse_part10(normalize_part10(path.read_bytes()), key.tenant_id)  # a long header
+            parsed = parse_part10(normalize_part10(path.read_bytes()), key.tenant_id, whole=False)  # a long header
         if parsed.key != key:
             raise DatasetMismatch(_mismatch(parsed.key, key))
     except DicomCloudError as exc:
