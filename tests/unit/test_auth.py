@@ -20,6 +20,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -383,3 +385,50 @@ async def test_shared_secrets_in_the_jwks_are_ignored() -> None:
     with pytest.raises(Unavailable):  # no usable signing key at all
         await verifier(keys).verify(sign(claims()))
     await keys.close()
+
+
+# --- hostile tokens: never a crash, never a pass ------------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_headers = st.fixed_dictionaries(
+    {},
+    optional={"alg": _json_values | st.sampled_from(["RS256", "none", "HS256", "ES256"]), "kid": _json_values},
+)
+_segments = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=+/.", max_size=60)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=_headers | _json_values,
+    payload=st.dictionaries(st.sampled_from(["iss", "aud", "exp", "nbf", "sub", "scope", "tenants"]), _json_values)
+    | _json_values,
+    signature=st.binary(max_size=300),
+    raw=_segments,
+    use_raw=st.booleans(),
+)
+async def test_hostile_tokens_are_refused_never_crash(
+    header: Any, payload: Any, signature: bytes, raw: str, use_raw: bool
+) -> None:
+    """Random headers (alg and kid of every JSON type), payloads and signatures, and random
+    dotted strings: each is refused with Unauthenticated, nothing else escapes."""
+    try:
+        token = raw if use_raw else forge(header, payload, signature)
+    except (TypeError, ValueError):  # json cannot encode it (NaN is fine, bytes keys are not)
+        return
+    with pytest.raises(Unauthenticated):
+        await verifier().verify(token)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.binary(max_size=200))
+def test_hostile_authorization_headers_get_400_or_401(value: bytes) -> None:
+    try:
+        token = bearer_token([(b"authorization", value)])
+    except (Unauthenticated, InvalidAuthorization) as exc:
+        assert http_status(exc) in (400, 401)
+        return
+    assert token and " " not in token
