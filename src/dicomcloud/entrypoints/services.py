@@ -56,19 +56,11 @@ async def storescp(archive: Archive, stop: asyncio.Event) -> None:
             f"the DICOM listener could not listen on {s.dimse_host}:{s.dimse_port}: {exc.strerror}"
         ) from exc
     print(f"DIMSE  C-ECHO/C-STORE SCP  AE {s.ae_title} on {s.dimse_host}:{s.dimse_port}", flush=True)
-    publishing = asyncio.Event()
-    publisher = asyncio.create_task(associations.run(publishing))
-    try:
-        await stop.wait()
-    finally:
+    async with associations.running():  # flushed once the SCP has stopped
         try:
-            await asyncio.to_thread(scp.stop)
+            await stop.wait()
         finally:
-            publishing.set()
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
-            await associations.close()
+            await asyncio.to_thread(scp.stop)
 
 
 def _association_id(record: DimseAssociation) -> str:
@@ -158,38 +150,32 @@ async def server(archive: Archive, stop: asyncio.Event) -> None:
     except OSError as exc:
         raise Unavailable(f"the HTTP server could not listen on {s.http_host}:{s.http_port}: {exc.strerror}") from exc
     cpu.configure((os.cpu_count() or 1) if s.render_workers < 0 else s.render_workers)
-    publishing = asyncio.Event()
-    publisher = asyncio.create_task(access_log.run(publishing))
     try:
-        http = _Server(config)
-        task = asyncio.create_task(http.serve())
-        while not http.started and not task.done():
-            await asyncio.sleep(0.02)
-        if task.done():
-            await task
-            raise Unavailable(f"the HTTP server on {s.http_host}:{s.http_port} stopped at start")
-        print(
-            f"HTTP   DICOMweb  {s.base_url}/dicom-web   (tenants: {s.base_url}/tenants/<tenant>/dicom-web)",
-            flush=True,
-        )
-        if verifier is not None:
-            print(f"       OAuth2 bearer tokens of {s.auth_issuer} (audience {s.auth_audience})", flush=True)
-            await verifier.prefetch()
-        else:
-            print("       no authentication (DICOMCLOUD_AUTH_ISSUER is not set)", flush=True)
-        try:
-            await stop.wait()
-        finally:
-            http.should_exit = True
-            await task
-            cpu.stop()
+        # the access log is flushed once the server has answered its last request
+        async with access_log.running():
+            http = _Server(config)
+            task = asyncio.create_task(http.serve())
+            while not http.started and not task.done():
+                await asyncio.sleep(0.02)
+            if task.done():
+                await task
+                raise Unavailable(f"the HTTP server on {s.http_host}:{s.http_port} stopped at start")
+            print(
+                f"HTTP   DICOMweb  {s.base_url}/dicom-web   (tenants: {s.base_url}/tenants/<tenant>/dicom-web)",
+                flush=True,
+            )
+            if verifier is not None:
+                print(f"       OAuth2 bearer tokens of {s.auth_issuer} (audience {s.auth_audience})", flush=True)
+                await verifier.prefetch()
+            else:
+                print("       no authentication (DICOMCLOUD_AUTH_ISSUER is not set)", flush=True)
+            try:
+                await stop.wait()
+            finally:
+                http.should_exit = True
+                await task
+                cpu.stop()
     finally:
-        # The server has answered its last request: publish what the log still holds.
-        publishing.set()
-        publisher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publisher
-        await access_log.close()
         if verifier is not None:
             await verifier.close()
 

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
 from dicomcloud.domain.messages import Message, encode
@@ -133,6 +133,21 @@ class BusLog(Generic[M]):
             except Exception:
                 backoff = min(self._max_backoff, max(backoff * 2, self._interval))
                 log.exception("%s: publishing failed; %d records wait", self._name, len(self._queue))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Publish in the background while the block runs; afterwards flush what is left
+        (the service has recorded its last request or association by then)."""
+        stop = asyncio.Event()
+        publisher = asyncio.create_task(self.run(stop))
+        try:
+            yield
+        finally:
+            stop.set()
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            await self.close()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Publish what is queued, giving up after ``timeout`` seconds (logged)."""
