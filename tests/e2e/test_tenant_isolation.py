@@ -541,7 +541,6 @@ OUTSIDERS = {
         "",
         "/tenants/default",
         "/tenants/hosp-c",
-        "/tenants/HOSP-B",
         "/tenants/hosp-bb",
         "/tenants/hosp",
     ],

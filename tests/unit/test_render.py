@@ -376,23 +376,23 @@ UIDS = [("studyUID", "1.2.3"), ("seriesUID", "1.2.3.4"), ("objectUID", "1.2.3.4.
 
 
 def uri(*extra: tuple[str, str], accept: str | None = None) -> object:
-    return parse_uri_request("T", [("requestType", "WADO"), *UIDS, *extra], accept)
+    return parse_uri_request("t", [("requestType", "WADO"), *UIDS, *extra], accept)
 
 
 def test_uri_defaults_and_content_types() -> None:
-    plain = parse_uri_request("T", [("requestType", "WADO"), *UIDS], None)
+    plain = parse_uri_request("t", [("requestType", "WADO"), *UIDS], None)
     assert plain.media_type is None  # decided by the instance: single-frame image -> JPEG
-    assert plain.key.sop_instance_uid == "1.2.3.4.5" and plain.key.tenant_id == "T"
-    dicom = parse_uri_request("T", [("requestType", "WADO"), *UIDS, ("contentType", "application/dicom")], None)
+    assert plain.key.sop_instance_uid == "1.2.3.4.5" and plain.key.tenant_id == "t"
+    dicom = parse_uri_request("t", [("requestType", "WADO"), *UIDS, ("contentType", "application/dicom")], None)
     assert dicom.media_type == APPLICATION_DICOM
-    png = parse_uri_request("T", [("requestType", "WADO"), *UIDS, ("contentType", "image/png")], None)
+    png = parse_uri_request("t", [("requestType", "WADO"), *UIDS, ("contentType", "image/png")], None)
     assert png.media_type == render.PNG
     rendering = [("rows", "64"), ("windowCenter", "40"), ("windowWidth", "400"), ("frameNumber", "2")]
-    sized = parse_uri_request("T", [("requestType", "WADO"), *UIDS, *rendering, ("imageQuality", "70")], None)
+    sized = parse_uri_request("t", [("requestType", "WADO"), *UIDS, *rendering, ("imageQuality", "70")], None)
     assert sized.media_type == render.JPEG and sized.frame_number == 2
     assert sized.options.viewport == Viewport(None, 64)
     assert sized.options.window == Window(40, 400) and sized.options.quality == 70
-    by_accept = parse_uri_request("T", [("requestType", "WADO"), *UIDS], "application/dicom")
+    by_accept = parse_uri_request("t", [("requestType", "WADO"), *UIDS], "application/dicom")
     assert by_accept.media_type == APPLICATION_DICOM
 
 
@@ -419,9 +419,9 @@ def test_uri_defaults_and_content_types() -> None:
 )
 def test_uri_errors(params: list[tuple[str, str]], reason: str) -> None:
     with pytest.raises(InvalidInput, match=reason):  # InvalidQuery or InvalidUID: both 400
-        parse_uri_request("T", params, None)
+        parse_uri_request("t", params, None)
 
 
 def test_uri_unsupported_content_type_is_406() -> None:
     with pytest.raises(NotAcceptable):
-        parse_uri_request("T", [("requestType", "WADO"), *UIDS, ("contentType", "video/mpeg")], None)
+        parse_uri_request("t", [("requestType", "WADO"), *UIDS, ("contentType", "video/mpeg")], None)

@@ -13,7 +13,9 @@ import re
 from dicomcloud.errors import InvalidTenant, InvalidUID
 
 _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+# lower case only: a TenantID names a folder under ROOT, and on a case-insensitive file
+# system (macOS, Windows shares) "HOSP-B" and "hosp-b" would share one
+_TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 MAX_UID_LENGTH = 64
 
 
@@ -43,7 +45,7 @@ def validate_tenant(value: object) -> str:
     """Return ``value`` as a TenantID or raise :class:`InvalidTenant`."""
     if not isinstance(value, str) or not _TENANT_RE.fullmatch(value):
         raise InvalidTenant(
-            f"TenantID {str(value)[:70]!r} is not valid: 1-63 characters of letters, "
+            f"TenantID {str(value)[:70]!r} is not valid: 1-63 characters of lower-case letters, "
             "digits, '-' and '_', starting with a letter or digit"
         )
     return value
