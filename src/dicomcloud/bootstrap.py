@@ -94,9 +94,9 @@ def _bus(settings: Settings) -> Bus:
         try:
             return KafkaBus.from_url(settings.bus_url)
         except ValueError as exc:
-            raise Unavailable(f"bus {settings.bus_url!r}: {exc}") from exc
+            raise Unavailable(f"bus {mask_url(settings.bus_url)!r}: {exc}") from exc
     if settings.bus_url and not settings.bus_url.startswith("embedded"):
-        raise Unavailable(f"bus {settings.bus_url!r} is not supported (embedded or kafka://host:port)")
+        raise Unavailable(f"bus {mask_url(settings.bus_url)!r} is not supported (embedded or kafka://host:port)")
     return JournalBus(settings.data_dir / "bus")
 
 

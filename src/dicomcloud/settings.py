@@ -111,8 +111,10 @@ class Settings:
 
 
 def mask_url(url: str) -> str:
-    """Hide the password of ``scheme://user:password@host``."""
-    return re.sub(r"(//[^/:@]+:)[^@/]*@", r"\1***@", url)
+    """Hide the secrets of a URL: the password of ``scheme://[user]:password@host`` (Redis
+    URLs often have no user) and query parameters such as ``?password=``."""
+    url = re.sub(r"(//[^/:@?#]*:)[^@/?#]*@", r"\1***@", url)
+    return re.sub(r"([?&](?:password|passwd|pass|sslpassword|secret|token)=)[^&#]*", r"\1***", url, flags=re.I)
 
 
 def read_dimse_admission(settings: Settings) -> DimseAdmission:

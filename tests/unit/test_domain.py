@@ -170,6 +170,9 @@ def test_settings_precedence_and_masking() -> None:
     assert settings.dimse_admission.tenant_for("OTHER") == "default"
     assert "secret" not in str(settings.masked())
     assert mask_url("postgresql://u:pw@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("redis://:secret@h:6379/0") == "redis://:***@h:6379/0"  # Redis: no user
+    assert mask_url("redis://h:6379/0?password=secret&db=1") == "redis://h:6379/0?password=***&db=1"
+    assert mask_url("postgresql://u@h/db?sslmode=require&Password=pw") == "postgresql://u@h/db?sslmode=require&Password=***"
     with pytest.raises(ValueError):
         load(env={"DICOMCLOUD_AE_TENANTS": "CT1=../x"})
 
