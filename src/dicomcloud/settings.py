@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dicomcloud.domain.authorization import check_algorithms
 from dicomcloud.domain.tenancy import DimseAdmission, DimseTenant, parse_tenants
 from dicomcloud.domain.uids import validate_tenant
 from dicomcloud.domain.viewer_syntaxes import DEFAULT_VIEWER_TRANSFER_SYNTAXES, validate_viewer_syntaxes
@@ -217,9 +218,7 @@ def _check_auth(settings: Settings) -> None:
         raise ValueError(f"auth_issuer {settings.auth_issuer!r} is not an http(s) URL")
     if settings.auth_jwks_url and not re.match(r"^https?://[^/\s]+", settings.auth_jwks_url):
         raise ValueError(f"auth_jwks_url {settings.auth_jwks_url!r} is not an http(s) URL")
-    forbidden = [a for a in settings.auth_algorithms if a.lower() == "none" or a.upper().startswith("HS")]
-    if forbidden or not settings.auth_algorithms:
-        raise ValueError(f"auth_algorithms must be asymmetric signature algorithms, not {forbidden or 'empty'}")
+    check_algorithms(settings.auth_algorithms)
     if not 0 <= settings.auth_leeway_seconds <= 300:
         raise ValueError("auth_leeway_seconds must be between 0 and 300")
     if not settings.auth_audience:

@@ -28,7 +28,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from dicomcloud.adapters.oidc import JwksKeys
-from dicomcloud.domain.authorization import Action, Principal, ScopeNames, action_for, authorize
+from dicomcloud.domain.authorization import Action, Principal, ScopeNames, action_for, authorize, check_algorithms
 from dicomcloud.entrypoints.http.auth import SUBJECT, BearerAuthMiddleware, bearer_token, path_tenant
 from dicomcloud.entrypoints.http.errors import challenge
 from dicomcloud.errors import (
@@ -41,7 +41,7 @@ from dicomcloud.errors import (
 )
 from dicomcloud.ports import SigningKey
 from dicomcloud.settings import load
-from dicomcloud.usecases.authenticate import TokenVerifier, check_algorithms
+from dicomcloud.usecases.authenticate import TokenVerifier
 
 ISSUER = "https://idp.test/realms/r"
 AUDIENCE = "dicomcloud"

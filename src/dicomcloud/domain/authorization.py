@@ -32,6 +32,16 @@ _METHOD_ACTIONS = {
 }
 
 
+def check_algorithms(algorithms: tuple[str, ...]) -> None:
+    """Refuse an allow-list that would let a forged token through: ``none``, or a symmetric
+    (HMAC) algorithm, which would verify with the provider's *public* key as the secret."""
+    if not algorithms:
+        raise ValueError("auth_algorithms is empty")
+    bad = [a for a in algorithms if a.lower() == "none" or a.upper().startswith("HS")]
+    if bad:
+        raise ValueError(f"auth_algorithms may not contain {', '.join(bad)} (only asymmetric signatures)")
+
+
 def action_for(method: str) -> Action:
     """The action an HTTP method asks for; an unknown method needs the strongest grant."""
     return _METHOD_ACTIONS.get(method.upper(), Action.DELETE)

@@ -11,6 +11,8 @@ what the bus refuses (the machinery is :class:`~dicomcloud.usecases.bus_log.BusL
 
 from __future__ import annotations
 
+from typing import Any
+
 from dicomcloud.domain.messages import ACCESS_LOG_QUEUE, WadoAccessed
 from dicomcloud.ports import Bus
 from dicomcloud.usecases.bus_log import BusLog
@@ -52,27 +54,9 @@ def describe_route(method: str, route: str) -> tuple[str, str]:
 class AccessLog(BusLog[WadoAccessed]):
     """A bounded queue of access records and the task that publishes them (``usecases/bus_log.py``)."""
 
-    def __init__(
-        self,
-        bus: Bus,
-        *,
-        capacity: int = 100_000,
-        batch_size: int = 500,
-        interval: float = 0.2,
-        max_backoff: float = 5.0,
-        report_every: int = 10_000,
-    ) -> None:
-        super().__init__(
-            bus,
-            ACCESS_LOG_QUEUE,
-            _record_id,
-            name="access log",
-            capacity=capacity,
-            batch_size=batch_size,
-            interval=interval,
-            max_backoff=max_backoff,
-            report_every=report_every,
-        )
+    def __init__(self, bus: Bus, **options: Any) -> None:
+        """``options``: BusLog's tuning (capacity, batch_size, interval, max_backoff, report_every)."""
+        super().__init__(bus, ACCESS_LOG_QUEUE, _record_id, name="access log", **options)
 
 
 def _record_id(record: WadoAccessed) -> str:

@@ -22,24 +22,14 @@ from typing import Any
 
 import jwt
 
-from dicomcloud.domain.authorization import Principal
+from dicomcloud.domain.authorization import Principal, check_algorithms
 from dicomcloud.errors import Unauthenticated
 from dicomcloud.ports import SigningKeys
 
-FORBIDDEN_ALGORITHMS = frozenset({"none", "HS256", "HS384", "HS512"})
 _REMEMBER_SECONDS = 60.0
 _REMEMBERED = 4096
 _MAX_TOKEN_CHARS = 16 * 1024
 
-
-
-def check_algorithms(algorithms: tuple[str, ...]) -> None:
-    """Refuse a configuration that would let a forged token through."""
-    if not algorithms:
-        raise ValueError("auth_algorithms is empty")
-    bad = [a for a in algorithms if a in FORBIDDEN_ALGORITHMS or a.lower() == "none"]
-    if bad:
-        raise ValueError(f"auth_algorithms may not contain {', '.join(bad)} (only asymmetric signatures)")
 
 
 class TokenVerifier:
@@ -76,13 +66,13 @@ class TokenVerifier:
             if now < until:
                 return principal
             del self._remembered[token]
-        principal = await self._verify(token, now)
+        principal = await self._verify(token)
         self._remembered[token] = (principal, min(now + _REMEMBER_SECONDS, principal.expires_at + self._leeway))
         if len(self._remembered) > _REMEMBERED:
             self._remembered.popitem(last=False)
         return principal
 
-    async def _verify(self, token: str, now: float) -> Principal:
+    async def _verify(self, token: str) -> Principal:
         if len(token) > _MAX_TOKEN_CHARS or token.count(".") != 2:
             raise Unauthenticated("the bearer token is not a signed JWT")
         try:
