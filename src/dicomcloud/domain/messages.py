@@ -10,7 +10,7 @@ import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
 import orjson
 
@@ -35,8 +35,11 @@ ALL_TOPICS = (
 )
 
 
+DEAD_LETTER_SUFFIX = ".dlq"
+
+
 def dead_letter_topic(topic: str) -> str:
-    return f"{topic}.dlq"
+    return topic + DEAD_LETTER_SUFFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,18 +252,7 @@ Message = (
     | WadoAccessed
     | DimseAssociation
 )
-_TYPES: dict[str, type[Any]] = {
-    cls.TYPE: cls
-    for cls in (
-        InstanceStored,
-        DicomStateMeta,
-        DicomImageMeta,
-        ConversionRequested,
-        ConversionResult,
-        WadoAccessed,
-        DimseAssociation,
-    )
-}
+_TYPES: dict[str, type[Any]] = {cls.TYPE: cls for cls in get_args(Message)}
 
 
 def encode(message: Message) -> bytes:
@@ -308,9 +300,7 @@ def _check_access(message: WadoAccessed) -> None:
         datetime.fromisoformat(message.requested_at)
     except (ValueError, TypeError, AttributeError) as exc:
         raise InvalidInput(f"malformed WadoAccessed: {exc}") from exc
-    texts = [getattr(message, f.name) for f in dataclasses.fields(message) if f.type == "str"]
-    if not all(isinstance(t, str) and "\x00" not in t for t in texts):
-        raise InvalidInput("malformed WadoAccessed: a text field is not text")
+    _check_texts(message)
     numbers = (message.status, message.request_bytes, message.response_bytes)
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers) or not isinstance(
         message.duration_ms, int | float
@@ -328,12 +318,17 @@ def _check_association(message: DimseAssociation) -> None:
         raise InvalidInput(f"malformed DimseAssociation: {exc}") from exc
     if message.outcome not in ASSOCIATION_OUTCOMES:
         raise InvalidInput(f"DimseAssociation outcome {message.outcome!r} is not one of {ASSOCIATION_OUTCOMES}")
-    texts = [getattr(message, f.name) for f in dataclasses.fields(message) if f.type == "str"]
-    if not all(isinstance(t, str) and "\x00" not in t for t in texts):
-        raise InvalidInput("malformed DimseAssociation: a text field is not text")
+    _check_texts(message)
     statuses = message.failure_statuses
     numbers = [message.instances_stored, message.instances_failed, message.bytes_received]
     if not isinstance(statuses, dict) or not all(isinstance(k, str) for k in statuses):
         raise InvalidInput("malformed DimseAssociation: failure_statuses must map status codes to counts")
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in [*numbers, *statuses.values()]):
         raise InvalidInput("malformed DimseAssociation: counts and byte counts must be non-negative integers")
+
+
+def _check_texts(message: WadoAccessed | DimseAssociation) -> None:
+    """Every ``str`` field holds text PostgreSQL can store (no NUL)."""
+    texts = [getattr(message, f.name) for f in dataclasses.fields(message) if f.type == "str"]
+    if not all(isinstance(t, str) and "\x00" not in t for t in texts):
+        raise InvalidInput(f"malformed {message.TYPE}: a text field is not text")

@@ -39,12 +39,11 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from dicomcloud.domain.messages import ALL_TOPICS, dead_letter_topic
+from dicomcloud.domain.messages import ALL_TOPICS, DEAD_LETTER_SUFFIX, dead_letter_topic
 from dicomcloud.errors import InvalidQuery, Unavailable
 from dicomcloud.ports import Bus, BusConsumer, Record
 
 REPLAY_GROUP = "dlq-replay"
-DLQ_SUFFIX = ".dlq"
 BATCH = 500
 
 
@@ -126,7 +125,7 @@ def dlq_topics(topics: Sequence[str] = ()) -> list[str]:
         return [dead_letter_topic(t) for t in ALL_TOPICS]
     out = []
     for topic in topics:
-        base = topic.removesuffix(DLQ_SUFFIX)
+        base = topic.removesuffix(DEAD_LETTER_SUFFIX)
         if base not in ALL_TOPICS:
             raise InvalidQuery(f"unknown topic {topic!r}; known: {', '.join(ALL_TOPICS)}")
         out.append(dead_letter_topic(base))

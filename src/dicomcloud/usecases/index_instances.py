@@ -10,7 +10,8 @@ Outcomes are named: a record is *done*, or *dead-lettered* with its reason
 (a file that cannot be read will never succeed); a store failure raises so
 that the whole batch is *retried later*, uncommitted. Last, the read cache's
 generations of the batch's studies move (``usecases/read_cache.py``); a cache
-that cannot be reached is a store failure too.
+that cannot be reached does not hold the batch up (:meth:`ReadCache.invalidate`
+never raises: it owes an epoch bump instead).
 """
 
 from __future__ import annotations
@@ -196,6 +197,6 @@ class IndexInstances:
         await self._bus.publish(out)
         if self._cache is not None:
             # Last, once the index is committed; every study of the batch, changed or not:
-            # a redelivered batch (say, after this very call failed) changes no row.
+            # a redelivered batch (say, after the publish above failed) changes no row.
             await self._cache.invalidate({(event.tenant_id, event.study_instance_uid) for event, _, _ in good})
         return dead

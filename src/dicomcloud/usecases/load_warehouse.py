@@ -7,7 +7,8 @@ ConversionResult (``warehouse.conversion``) and WadoAccessed
 (``warehouse.wado_access_log``). Anything else is dead-lettered.
 Loads are idempotent upserts, so a retried batch changes nothing. Then the
 read cache's generations of the loaded instances' studies move; a cache that
-cannot be reached raises, and the batch is retried.
+cannot be reached does not hold the batch up (:meth:`ReadCache.invalidate`
+never raises: it owes an epoch bump instead).
 """
 
 from __future__ import annotations
