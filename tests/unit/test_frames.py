@@ -17,8 +17,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicomcloud.domain.frames import frame_count, read_frames
-from dicomcloud.errors import InvalidInput, MalformedDicom, NotFound
+from dicomcloud.domain.frames import frame_count, parse_frame_list, read_frames
+from dicomcloud.errors import InvalidInput, InvalidQuery, MalformedDicom, NotFound
 
 EVRLE = "1.2.840.10008.1.2.1"
 IVRLE = "1.2.840.10008.1.2"
@@ -130,6 +130,23 @@ def test_native_frames_from_a_path(tmp_path: Path) -> None:
     assert [bytes(f) for f in result.frames] == [arr[1].tobytes(), arr[2].tobytes()]
     assert all(isinstance(f, bytes) for f in result.frames)
     assert frame_count(str(path)) == 3
+
+
+@pytest.mark.parametrize("tsuid", [EVRLE, DEFLATED])
+def test_all_frames_when_no_numbers_are_given(tmp_path: Path, tsuid: str) -> None:
+    data, arr = _native(4, 6, frames=3, tsuid=tsuid)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(data)
+    for source in (data, path):
+        result = read_frames(source, None)
+        assert [bytes(f) for f in result.frames] == [row.tobytes() for row in arr]
+
+
+def test_frame_list() -> None:
+    assert parse_frame_list("3, 1,2") == [3, 1, 2]
+    for bad in ("", "0", "1,,2", "-1", "a", "1.5"):
+        with pytest.raises(InvalidQuery, match="frame list"):
+            parse_frame_list(bad)
 
 
 def test_bits_allocated_1_packed_across_frames() -> None:

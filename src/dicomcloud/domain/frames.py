@@ -39,7 +39,7 @@ from dicomcloud.domain.frame_index import (
     index_inflated,
 )
 from dicomcloud.domain.frame_index_cache import FileKey, FrameIndexCache, frame_indexes
-from dicomcloud.errors import InvalidInput, MalformedDicom, NotFound
+from dicomcloud.errors import InvalidInput, InvalidQuery, MalformedDicom, NotFound
 
 Source = bytes | bytearray | memoryview | str | Path
 Frame = bytes | memoryview
@@ -58,8 +58,19 @@ class Frames:
 # --- public ---------------------------------------------------------------------------
 
 
-def read_frames(source: Source, frame_numbers: Sequence[int], *, cache: FrameIndexCache | None = None) -> Frames:
-    """The bytes of frames ``frame_numbers`` (1-based) of a Part 10 file, as stored.
+def parse_frame_list(text: str) -> list[int]:
+    """The ``{frames}`` path segment: comma-separated frame numbers from 1 (PS3.18 §10.4.1.1.5)."""
+    numbers = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise InvalidQuery(f"frame list {text!r} must be comma-separated numbers from 1")
+        numbers.append(int(item))
+    return numbers
+
+
+def read_frames(source: Source, frame_numbers: Sequence[int] | None, *, cache: FrameIndexCache | None = None) -> Frames:
+    """The bytes of frames ``frame_numbers`` (1-based; None: all) of a Part 10 file, as stored.
 
     ``source`` is the file's bytes or its path. Frames from ``bytes`` may be
     memoryviews into them; frames from a path are ``bytes``. Raises
@@ -163,7 +174,9 @@ def _check_numbers(frame_numbers: Sequence[int], count: int) -> None:
             raise NotFound(f"frame {number} does not exist: the instance has {count} frame{plural}")
 
 
-def _serve(index: FrameIndex, read: Read, numbers: Sequence[int], *, copy: bool) -> Frames:
+def _serve(index: FrameIndex, read: Read, numbers: Sequence[int] | None, *, copy: bool) -> Frames:
+    if numbers is None:
+        numbers = range(1, index.number_of_frames + 1)
     _check_numbers(numbers, index.number_of_frames)
     if isinstance(index, NativeIndex):
         if index.problem:

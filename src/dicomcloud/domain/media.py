@@ -130,9 +130,7 @@ def transcoding_available(
 
 def frame_media_type(transfer_syntax_uid: str) -> str:
     """The part media type of frames in ``transfer_syntax_uid`` (PS3.18 Tables 8.7.3-4/-5)."""
-    if transfer_syntax_uid in NATIVE_TRANSFER_SYNTAXES:
-        return OCTET_STREAM
-    return FRAME_MEDIA_TYPES.get(transfer_syntax_uid, OCTET_STREAM)
+    return stored_frame_media(transfer_syntax_uid)[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -20,6 +21,7 @@ T = TypeVar("T")
 
 _pool: ProcessPoolExecutor | None = None
 _workers = 0
+_starting = threading.Lock()
 
 
 def _warm() -> None:
@@ -43,11 +45,12 @@ def stop() -> None:
 
 def _started() -> ProcessPoolExecutor | None:
     global _pool
-    if _pool is None and _workers > 0:  # started on first use: a server that never renders pays nothing
-        _pool = ProcessPoolExecutor(_workers, mp_context=multiprocessing.get_context("forkserver"))
-        for _ in range(_workers):
-            _pool.submit(_warm)
-    return _pool
+    with _starting:  # also called from the threads that stream a multipart answer
+        if _pool is None and _workers > 0:  # started on first use: a server that never renders pays nothing
+            _pool = ProcessPoolExecutor(_workers, mp_context=multiprocessing.get_context("forkserver"))
+            for _ in range(_workers):
+                _pool.submit(_warm)
+        return _pool
 
 
 async def run(fn: Callable[..., T], *args: Any) -> T:
@@ -56,3 +59,12 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
     if pool is None:
         return await asyncio.to_thread(fn, *args)
     return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+def call(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker process, waited for; for code already in a worker thread
+    (a sync iterator Starlette streams). Without a pool, in the calling thread."""
+    pool = _started()
+    if pool is None:
+        return fn(*args)
+    return pool.submit(fn, *args).result()

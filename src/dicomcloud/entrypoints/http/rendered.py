@@ -18,9 +18,9 @@
   the first frame listed. Cached in the read cache under the study's
   generation (kind ``thumb``), so a change to the study drops them.
 
-Decoding, rendering and encoding run in worker threads; the files are found
-the way WADO-RS finds them (the index for studies and series, the storage
-layout for an instance).
+Decoding, rendering and encoding run in the process pool of :mod:`.cpu`
+(worker threads without one); the files are found the way WADO-RS finds
+them (the index for studies and series, the storage layout for an instance).
 """
 
 from __future__ import annotations
@@ -123,10 +123,12 @@ def first_thumbnail(paths: Sequence[str | Path], options: render.RenderOptions) 
 def _rendered_parts(
     paths: Sequence[str | Path], options: render.RenderOptions, left_out: list[DicomCloudError]
 ) -> Iterator[Part]:
-    """The rendering of each instance that has one; why the others have none goes to ``left_out``."""
+    """The rendering of each instance that has one; why the others have none goes to ``left_out``.
+
+    Iterated in worker threads; each rendering runs in the process pool (:mod:`.cpu`)."""
     for path in paths:
         try:
-            data = render_instance(path, options)
+            data = cpu.call(render_instance, path, options)  # on every core, like one instance's
         except (NotAcceptable, NotFound, MalformedDicom, InvalidQuery) as exc:
             # Not an image, not decodable, removed meanwhile, or smaller than the viewport's
             # region: left out of a study / series rendering, which renders what it can.
@@ -137,19 +139,6 @@ def _rendered_parts(
 
 
 # --- requests ----------------------------------------------------------------------------
-
-
-
-
-def parse_frame_numbers(text: str) -> list[int]:
-    """``{frames}``: comma-separated frame numbers from 1 (PS3.18 §10.4.1.1.1)."""
-    numbers = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise InvalidQuery(f"frame list {text!r} must be comma-separated numbers from 1")
-        numbers.append(int(item))
-    return numbers
 
 
 def _headers(query: RenderedQuery) -> dict[str, str]:
@@ -210,7 +199,7 @@ async def rendered_instance(request: Request) -> Response:
 
 async def rendered_frames(request: Request) -> Response:
     key = instance_key(request)
-    numbers = parse_frame_numbers(request.path_params["frames"])
+    numbers = frames_mod.parse_frame_list(request.path_params["frames"])
     query = parse_rendered_query(list(request.query_params.multi_items()), request.headers.get("accept"))
     options = query.options
     images = await cpu.run(render_frames, _path(request, key), numbers, options)
@@ -293,7 +282,7 @@ async def thumbnail_instance(request: Request) -> Response:
 
 async def thumbnail_frames(request: Request) -> Response:
     key = instance_key(request)
-    number = parse_frame_numbers(request.path_params["frames"])[0]  # "Only a single image shall be returned"
+    number = frames_mod.parse_frame_list(request.path_params["frames"])[0]  # "Only a single image shall be returned"
 
     async def make(options: render.RenderOptions) -> bytes:
         images = await cpu.run(render_frames, _path(request, key), [number], options)

@@ -17,7 +17,7 @@ import functools
 import gzip
 import hashlib
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from dicomcloud.domain import frames as frames_mod
 from dicomcloud.domain.codecs import PixelDescription
-from dicomcloud.domain.layout import InstanceKey, instance_path
+from dicomcloud.domain.layout import InstanceKey, StudyKey, instance_path
 from dicomcloud.domain.media import (
     FrameMedia,
     InstanceMedia,
@@ -60,9 +60,6 @@ from dicomcloud.usecases.convert import rendition_for
 
 APPLICATION_DICOM = "application/dicom"
 OCTET_STREAM = "application/octet-stream"
-
-
-
 
 _PIXEL_TAGS = [
     "Rows",
@@ -261,34 +258,31 @@ async def _metadata_answer(request: Request, media: str, entry: bytes) -> Respon
     return Response(data, media_type=media, headers=headers)
 
 
-async def study_metadata(request: Request) -> Response:
+async def _stored_metadata(
+    request: Request, study: StudyKey, parts: list[str], ensure: Callable[[], Awaitable[str]]
+) -> Response:
+    """A study's or series' metadata: from the read cache, else from the file ``ensure()`` brings up to date."""
     a = archive(request)
-    key = study_key(request)
     media = choose_metadata_media(request.headers.get("accept"))
-    base, stored_base = service_url(request), a.stored_service_url(key.tenant_id)
+    base, stored_base = service_url(request), a.stored_service_url(study.tenant_id)
 
     async def compute() -> bytes:
-        path = await a.metadata.ensure_study(key)
+        path = await ensure()
         return await asyncio.to_thread(_metadata_entry, a.blobs.absolute(path), base, stored_base)
 
-    entry = await a.cache.fetch(key.tenant_id, key.study_instance_uid, "md", ["study", base], compute)
+    entry = await a.cache.fetch(study.tenant_id, study.study_instance_uid, "md", [*parts, base], compute)
     return await _metadata_answer(request, media, entry)
+
+
+async def study_metadata(request: Request) -> Response:
+    key = study_key(request)
+    return await _stored_metadata(request, key, ["study"], lambda: archive(request).metadata.ensure_study(key))
 
 
 async def series_metadata(request: Request) -> Response:
-    a = archive(request)
     key = series_key(request)
-    media = choose_metadata_media(request.headers.get("accept"))
-    base, stored_base = service_url(request), a.stored_service_url(key.tenant_id)
-
-    async def compute() -> bytes:
-        path = await a.metadata.ensure_series(key)
-        return await asyncio.to_thread(_metadata_entry, a.blobs.absolute(path), base, stored_base)
-
-    entry = await a.cache.fetch(
-        key.tenant_id, key.study_instance_uid, "md", ["series", key.series_instance_uid, base], compute
-    )
-    return await _metadata_answer(request, media, entry)
+    parts = ["series", key.series_instance_uid]
+    return await _stored_metadata(request, key.study, parts, lambda: archive(request).metadata.ensure_series(key))
 
 
 async def instance_metadata(request: Request) -> Response:
@@ -309,16 +303,6 @@ async def instance_metadata(request: Request) -> Response:
 # --- bulk data and frames ------------------------------------------------------------
 
 
-def _parse_frame_list(text: str) -> list[int]:
-    numbers = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item.isdigit() or int(item) < 1:
-            raise InvalidInput(f"frame list {text!r} must be comma-separated numbers from 1")
-        numbers.append(int(item))
-    return numbers
-
-
 def _frames_answer(
     path: str, numbers: Sequence[int] | None, accept: str | None, single: bool
 ) -> tuple[FrameMedia, list[bytes | memoryview]]:
@@ -327,16 +311,8 @@ def _frames_answer(
     Frames are cut as stored; the Image Pixel attributes are read (and the
     frames decoded and re-encoded) only when another syntax is chosen.
     """
-    if numbers is None:
-        numbers = range(1, frames_mod.frame_count(path) + 1)
-    found = frames_mod.read_frames(path, numbers)
-    description: list[PixelDescription | None] = []
-
-    def pixels() -> PixelDescription | None:
-        if not description:
-            description.append(_pixel_description(path))
-        return description[0]
-
+    found = frames_mod.read_frames(path, numbers)  # None: all of them, from one read of the index
+    pixels = functools.cache(functools.partial(_pixel_description, path))  # read at most once, if at all
     media = choose_frame_media(accept, found.transfer_syntax_uid, single_part_allowed=single, pixels=pixels)
     _media_type, stored = stored_frame_media(found.transfer_syntax_uid)
     if media.transfer_syntax_uid == stored:
@@ -372,7 +348,7 @@ def _frames_source(blobs: BlobStore, key: InstanceKey, accept: str | None) -> st
 async def retrieve_frames(request: Request) -> Response:
     a = archive(request)
     key = instance_key(request)
-    numbers = _parse_frame_list(request.path_params["frames"])
+    numbers = frames_mod.parse_frame_list(request.path_params["frames"])
     accept = request.headers.get("accept")
 
     def answer() -> tuple[FrameMedia, list[bytes | memoryview]]:
