@@ -147,24 +147,6 @@ def wait_echo(host: str, port: int, called_aet: str, proc: ManagedProcess, timeo
     raise TimeoutError(f"C-ECHO to {called_aet}@{host}:{port} failed for {timeout}s: {last}")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """CPU seconds (user+system, incl. reaped children) of every live process in a group."""
-    tck = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # fields[0] is state (field 3); pgrp is field 5, utime..cstime fields 14..17
-        if int(fields[2]) == pgid:
-            total += sum(int(x) for x in fields[11:15])
-    return total / tck
-
-
 def own_cpu_seconds() -> float:
     """CPU seconds of this process and its reaped children (storescu, ...)."""
     import resource

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,18 +31,15 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(BENCH_DIR))
 
+from _proc import free_port  # noqa: E402
+from dicomcloud_proc import DicomcloudServer  # noqa: E402
 from tests import factory  # noqa: E402
 from tests.oidc.keycloak import token  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -67,25 +63,8 @@ def keycloak() -> Iterator[str]:
 
 @contextlib.contextmanager
 def archive(env: dict[str, str]) -> Iterator[str]:
-    work = Path(tempfile.mkdtemp(prefix="bench-auth-"))
-    port = free_port()
-    exe = str(Path(sys.executable).with_name("dicomcloud"))
-    cmd = [exe, "up", "--data-dir", str(work / "data"), "--http-port", str(port)]
-    cmd += ["--dimse-port", str(free_port()), "--dimse-host", "127.0.0.1", "--log-level", "WARNING"]
-    with (work / "log").open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+    with DicomcloudServer(env=env) as server:
+        yield server.base_url
 
 
 def store(base: str, tenant: str, headers: dict[str, str]) -> tuple[str, str, list[str]]:

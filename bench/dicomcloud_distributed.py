@@ -51,11 +51,11 @@ from pathlib import Path
 try:
     from _cpu import postmaster_pid, tree_cpu_seconds
     from _proc import ManagedProcess, free_port, tail, wait_echo, wait_http
-    from dicomcloud_proc import dicomcloud_bin
+    from dicomcloud_proc import dicomcloud_bin, dicomcloud_versions
 except ImportError:  # imported as bench.dicomcloud_distributed
     from bench._cpu import postmaster_pid, tree_cpu_seconds
     from bench._proc import ManagedProcess, free_port, tail, wait_echo, wait_http
-    from bench.dicomcloud_proc import dicomcloud_bin
+    from bench.dicomcloud_proc import dicomcloud_bin, dicomcloud_versions
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "scripts" / "kafka.sh"
@@ -67,8 +67,6 @@ READY_MARK = {
     "loader": "data in",
     "webworker": "data in",
 }
-# Kafka consumer groups of the services (kafka_bus: group.id = prefix + name).
-GROUPS = {"consumer": "consumer", "loader": "loader", "webworker": "webworker"}
 
 
 def pg_bin() -> Path:
@@ -432,11 +430,8 @@ class DistributedDicomcloudServer:
         except ImportError:
             self.warnings.append("confluent_kafka not importable: consumer groups not checked")
             return
-        want = {
-            GROUPS["consumer"]: self.consumers,
-            GROUPS["loader"]: 1,
-            GROUPS["webworker"]: 1,
-        }
+        # The group of a service is its name (kafka_bus: group.id = prefix + name; no prefix here).
+        want = {"consumer": self.consumers, "loader": 1, "webworker": 1}
         admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.kafka_port}"})
         deadline = time.monotonic() + timeout
         last: dict[str, str] = {}
@@ -557,16 +552,10 @@ class DistributedDicomcloudServer:
         return tree_cpu_seconds(self.cpu_roots())
 
     def versions(self) -> dict[str, str]:
-        r = subprocess.run([self.exe, "--version"], capture_output=True, text=True, timeout=60)
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "src"], capture_output=True, text=True
-        ).stdout.strip()
         pg = subprocess.run([str(self.pg_bin / "postgres"), "--version"], capture_output=True, text=True)
         rv = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
         return {
-            "server": (r.stdout or r.stderr).strip(),
-            "git": rev.stdout.strip() + ("+dirty" if dirty else ""),
+            **dicomcloud_versions(self.exe),
             "mode": (
                 f"distributed: storescp x{self.storescp_workers} (reuse-port), consumer x{self.consumers}, "
                 f"loader, webworker, server; bus {self.bus_url}"

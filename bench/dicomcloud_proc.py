@@ -37,13 +37,34 @@ def dicomcloud_bin() -> str:
     return found
 
 
+def dicomcloud_versions(exe: str) -> dict[str, str]:
+    """``dicomcloud --version`` and the git revision of the checkout (+dirty if src/ changed)."""
+    r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "src"], capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "server": (r.stdout or r.stderr).strip(),
+        "git": rev.stdout.strip() + ("+dirty" if dirty else ""),
+    }
+
+
 class DicomcloudServer:
     name = "dicomcloud"
     aet = "DICOMCLOUD"
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path | None = None, keep: bool = False, log_level: str = "WARNING") -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        keep: bool = False,
+        log_level: str = "WARNING",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``env``: variables set for the server on top of this process's environment."""
         self._own_tmp = workdir is None
+        self.env = env
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="bench-dicomcloud-"))
         self.keep = keep
         self.log_level = log_level
@@ -88,21 +109,18 @@ class DicomcloudServer:
 
     def start(self, timeout: float = 120.0) -> DicomcloudServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = ManagedProcess(self.argv(), log_path=self.workdir / "dicomcloud.log", cwd=self.workdir)
+        self.proc = ManagedProcess(
+            self.argv(),
+            log_path=self.workdir / "dicomcloud.log",
+            cwd=self.workdir,
+            env={**os.environ, **self.env} if self.env else None,
+        )
         wait_http(f"{self.dicomweb_url}/studies", self.proc, timeout)
         wait_echo(self.host, self.dimse_port, self.aet, self.proc, timeout)
         return self
 
     def versions(self) -> dict[str, str]:
-        r = subprocess.run([self.exe, "--version"], capture_output=True, text=True, timeout=60)
-        rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "src"], capture_output=True, text=True
-        ).stdout.strip()
-        return {
-            "server": (r.stdout or r.stderr).strip(),
-            "git": rev.stdout.strip() + ("+dirty" if dirty else ""),
-        }
+        return dicomcloud_versions(self.exe)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -128,7 +146,11 @@ class DicomcloudServer:
                     os.kill(int(d), signal.SIGTERM)
 
     def __enter__(self) -> DicomcloudServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # a server that never got ready does not outlive the run
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import io
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -50,10 +49,10 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 sys.path.insert(0, str(REPO))
 
-from _cpu import tree_cpu_seconds  # noqa: E402
 from _proc import dcmtk_env  # noqa: E402
 from dicomcloud_proc import DicomcloudServer  # noqa: E402
 from orthanc import OrthancServer  # noqa: E402
+from run import pct, server_cpu_fn  # noqa: E402
 from tests import factory  # noqa: E402
 
 STORESCU = "/usr/bin/storescu"  # DCMTK's
@@ -120,13 +119,6 @@ def urls(server: Any, workload: str, instances: Sequence[Instance]) -> list[tupl
         else:
             out.append((f"{base}/studies/{i.study}/series/{i.series}/thumbnail", {}))
     return out
-
-
-def pct(values: Sequence[float], p: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
 
 
 def ms(seconds: float | None) -> float | None:
@@ -203,8 +195,9 @@ def probe(targets: Sequence[tuple[str, dict[str, str]]]) -> tuple[str | None, st
 
 
 def server_cpu(server: Any) -> float:
-    """CPU seconds of the server's process tree (an embedded PostgreSQL included)."""
-    return sum(tree_cpu_seconds({"server": [server.proc.pid if server.proc else None]}).values())
+    """CPU seconds of the server's process trees (an embedded PostgreSQL included)."""
+    cpu = server_cpu_fn(server)
+    return sum(cpu().values()) if cpu else 0.0
 
 
 def run_server(key: str, instances: list[Instance], data: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -19,6 +19,10 @@
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker (default 90)
 #   DICOMCLOUD_CACHE       cache root (default $HOME/.cache/dicomcloud)
 set -euo pipefail
+# shellcheck source=lib/maven.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/maven.sh"
+# shellcheck source=lib/server.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/server.sh"
 
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
 SCALA=2.13
@@ -48,52 +52,10 @@ fetch() {
     work=$(mktemp -d "$home/fetch.XXXXXX")
     # log4j-slf4j-impl + log4j-core: the broker logs through SLF4J 1.7; Kafka's own
     # distribution ships this Log4j 2 binding beside its jars, its POMs do not name it.
-    cat >"$work/pom.xml" <<EOF
-<?xml version="1.0" encoding="UTF-8"?>
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>dicomcloud</groupId>
-  <artifactId>kafka-broker-runtime</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <repositories>
-    <repository><id>central</id><url>https://repo.maven.apache.org/maven2</url></repository>
-  </repositories>
-  <pluginRepositories>
-    <pluginRepository><id>central</id><url>https://repo.maven.apache.org/maven2</url></pluginRepository>
-  </pluginRepositories>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka_$SCALA</artifactId>
-      <version>$KAFKA_VERSION</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-slf4j-impl</artifactId>
-      <version>2.24.3</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-core</artifactId>
-      <version>2.24.3</version>
-    </dependency>
-  </dependencies>
-  <build>
-    <plugins>
-      <plugin>
-        <groupId>org.apache.maven.plugins</groupId>
-        <artifactId>maven-dependency-plugin</artifactId>
-        <version>3.8.1</version>
-      </plugin>
-    </plugins>
-  </build>
-</project>
-EOF
+    maven_pom "$work/pom.xml" kafka-broker-runtime "org.apache.kafka:kafka_$SCALA:$KAFKA_VERSION" \
+        org.apache.logging.log4j:log4j-slf4j-impl:2.24.3 org.apache.logging.log4j:log4j-core:2.24.3
     log "fetching org.apache.kafka:kafka_$SCALA:$KAFKA_VERSION and its runtime dependencies from Maven Central"
-    if ! (cd "$work" && mvn -B -q -f pom.xml dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$work/libs" >"$work/mvn.log" 2>&1); then
-        tail -40 "$work/mvn.log" >&2
+    if ! maven_run "$work" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$work/libs"; then
         rm -rf "$work"
         die "mvn could not fetch Kafka $KAFKA_VERSION"
     fi
@@ -105,16 +67,6 @@ EOF
 }
 
 # --- start / stop -------------------------------------------------------------------------
-
-free_port() {
-    if command -v python3 >/dev/null 2>&1; then
-        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-    else
-        echo $(($1 + 1))
-    fi
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 java_cmd() {  # java_cmd DIR MAIN: sets the array `cmd` (append the main's arguments)
     local dir=$1 main=$2
@@ -136,7 +88,8 @@ start() {
     if port_open "$port"; then
         die "127.0.0.1:$port is already in use"
     fi
-    cport=${KAFKA_CONTROLLER_PORT:-$(free_port "$port")}
+    # Without python3: the port after PORT.
+    cport=${KAFKA_CONTROLLER_PORT:-$(free_port 2>/dev/null || echo $((port + 1)))}
     cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
@@ -225,23 +178,7 @@ EOF
     echo "127.0.0.1:$port"
 }
 
-stop() {
-    local dir=${1:?DIR} pid i
-    [ -f "$dir/kafka.pid" ] || return 0
-    pid=$(cat "$dir/kafka.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for i in $(seq 1 100); do  # controlled shutdown: a few seconds at most
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "broker $pid did not stop within 20 s: killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    rm -f "$dir/kafka.pid"
-}
+stop() { stop_pidfile "${1:?DIR}/kafka.pid" broker; }
 
 case ${1:-} in
     fetch) fetch; echo "$libs" ;;

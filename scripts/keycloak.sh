@@ -27,6 +27,10 @@
 #   KEYCLOAK_START_TIMEOUT  seconds to wait for the realm to answer (default 180)
 #   DICOMCLOUD_CACHE        cache root (default $HOME/.cache/dicomcloud)
 set -euo pipefail
+# shellcheck source=lib/maven.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/maven.sh"
+# shellcheck source=lib/server.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/server.sh"
 
 KEYCLOAK_VERSION=${KEYCLOAK_VERSION:-26.5.5}
 REALM=dicomcloud
@@ -83,12 +87,6 @@ java_home() {  # the JDK that runs Keycloak: KEYCLOAK_JAVA_HOME, else the one `j
     dirname "$(dirname "$java")"
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # --- fetch ------------------------------------------------------------------------------
 
 fetch_dist() {
@@ -102,36 +100,10 @@ fetch_dist() {
     mkdir -p "$cache_root"
     work=$(mktemp -d "$cache_root/keycloak-$KEYCLOAK_VERSION.fetch.XXXXXX")
     scratch=$work
-    cat >"$work/pom.xml" <<EOF
-<?xml version="1.0" encoding="UTF-8"?>
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>dicomcloud</groupId>
-  <artifactId>keycloak-dist</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <repositories>
-    <repository><id>central</id><url>https://repo.maven.apache.org/maven2</url></repository>
-  </repositories>
-  <pluginRepositories>
-    <pluginRepository><id>central</id><url>https://repo.maven.apache.org/maven2</url></pluginRepository>
-  </pluginRepositories>
-  <build>
-    <plugins>
-      <plugin>
-        <groupId>org.apache.maven.plugins</groupId>
-        <artifactId>maven-dependency-plugin</artifactId>
-        <version>3.8.1</version>
-      </plugin>
-    </plugins>
-  </build>
-</project>
-EOF
+    maven_pom "$work/pom.xml" keycloak-dist
     log "fetching org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip from Maven Central"
-    if ! (cd "$work" && mvn -B -q -f pom.xml dependency:copy \
-        "-Dartifact=org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" \
-        -DoutputDirectory="$work" >"$work/mvn.log" 2>&1); then
-        tail -40 "$work/mvn.log" >&2
+    if ! maven_run "$work" dependency:copy \
+        "-Dartifact=org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" -DoutputDirectory="$work"; then
         die "mvn could not fetch Keycloak $KEYCLOAK_VERSION"
     fi
     local zip=$work/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip dist=$work/dist/keycloak-$KEYCLOAK_VERSION
@@ -275,24 +247,7 @@ start() {
     echo "http://127.0.0.1:$port/realms/$REALM"
 }
 
-stop() {
-    local dir=${1:?DIR} pid
-    [ -f "$dir/keycloak.pid" ] || return 0
-    pid=$(cat "$dir/keycloak.pid")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true  # kc.sh: passed on to the JVM
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.2
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "Keycloak $pid did not stop within 20 s: killing it"
-            # The whole session: kc.sh and its JVM.
-            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    rm -f "$dir/keycloak.pid"
-}
+stop() { stop_pidfile "${1:?DIR}/keycloak.pid" Keycloak; }  # kc.sh passes TERM on to the JVM
 
 case ${1:-} in
     fetch) fetch; echo "$home" ;;

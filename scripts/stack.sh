@@ -117,14 +117,14 @@ status() {
 }
 
 down() {
-    local name pid i
+    local name pid
     for name in "${SERVICES[@]}"; do
         pid=$(cat "$dir/pids/$name" 2>/dev/null || true)
         [ -z "$pid" ] || kill -TERM "$pid" 2>/dev/null || true
     done
     for name in "${SERVICES[@]}"; do
         pid=$(cat "$dir/pids/$name" 2>/dev/null || true)
-        for i in $(seq 1 75); do
+        for _ in $(seq 1 75); do
             [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break
             sleep 0.2
         done

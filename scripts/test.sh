@@ -26,6 +26,7 @@ if ! bash scripts/install-deps.sh; then
     exit 1
 fi
 python=$repo/.venv/bin/python
+free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # --- throwaway PostgreSQL ---------------------------------------------------------------
 
@@ -48,13 +49,13 @@ stop_postgres() {
         rm -rf "$pg_dir"
     fi
 }
-kafka_dir=""
-stop_kafka() {
-    if [ -n "$kafka_dir" ] && [ -d "$kafka_dir" ]; then
-        bash "$repo/scripts/kafka.sh" stop "$kafka_dir" || true
-        rm -rf "$kafka_dir"
+stop_with() {  # stop_with SCRIPT DIR: `scripts/SCRIPT stop DIR`, then DIR goes
+    if [ -n "$2" ] && [ -d "$2" ]; then
+        bash "$repo/scripts/$1" stop "$2" || true
+        rm -rf "$2"
     fi
 }
+kafka_dir=""
 redis_dir=""
 stop_redis() {
     if [ -n "$redis_dir" ] && [ -d "$redis_dir" ]; then
@@ -71,13 +72,7 @@ stop_redis() {
     fi
 }
 keycloak_dir=""
-stop_keycloak() {
-    if [ -n "$keycloak_dir" ] && [ -d "$keycloak_dir" ]; then
-        bash "$repo/scripts/keycloak.sh" stop "$keycloak_dir" || true
-        rm -rf "$keycloak_dir"
-    fi
-}
-trap 'stop_postgres; stop_kafka; stop_redis; stop_keycloak' EXIT
+trap 'stop_postgres; stop_with kafka.sh "$kafka_dir"; stop_redis; stop_with keycloak.sh "$keycloak_dir"' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -88,7 +83,7 @@ start_postgres() {
         chown postgres: "$pg_dir" || return 1
     fi
     local port
-    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    port=$(free_port) || return 1
     as_pg "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust -E UTF8 --no-locale \
         --no-sync >"$pg_dir/initdb.log" 2>&1 || { cat "$pg_dir/initdb.log"; return 1; }
     as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 \
@@ -112,7 +107,7 @@ start_kafka() {
     bash scripts/kafka.sh fetch >/dev/null || return 1
     echo "Kafka jars ready in $(($(date +%s) - t0)) s"
     kafka_dir=$(mktemp -d /tmp/dicomcloud-kafka.XXXXXX) || return 1
-    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    port=$(free_port) || return 1
     t0=$(date +%s)
     address=$(bash scripts/kafka.sh start "$kafka_dir" "$port") || return 1
     export DICOMCLOUD_TEST_KAFKA="$address"
@@ -130,7 +125,7 @@ fi
 start_redis() {
     local port
     redis_dir=$(mktemp -d /tmp/dicomcloud-redis.XXXXXX) || return 1
-    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    port=$(free_port) || return 1
     redis-server --bind 127.0.0.1 --port "$port" --dir "$redis_dir" --save "" --appendonly no \
         --daemonize yes --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log" || return 1
     for _ in $(seq 100); do
@@ -159,7 +154,7 @@ start_keycloak() {
     bash scripts/keycloak.sh fetch >/dev/null || return 1
     echo "Keycloak ready in $(($(date +%s) - t0)) s"
     keycloak_dir=$(mktemp -d /tmp/dicomcloud-keycloak.XXXXXX) || return 1
-    port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') || return 1
+    port=$(free_port) || return 1
     t0=$(date +%s)
     issuer=$(bash scripts/keycloak.sh start "$keycloak_dir" "$port") || return 1
     export DICOMCLOUD_TEST_OIDC_ISSUER="$issuer"
