@@ -2,7 +2,9 @@
 
 ``DICOMCLOUD_TEST_DATABASE_URL`` names a server (CI: Debian's PostgreSQL);
 otherwise the embedded server of the ``pgserver`` wheel is started once.
-Each test gets a database of its own, dropped afterwards.
+Each test gets a database of its own (``database_url``; ``new_database`` makes
+more), dropped afterwards. Also: ``fetch_rows`` (a query's rows as dicts) and
+``throwaway`` (a ``redis-server`` of the test's own, tests/redis_server.py).
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import pytest
+
+from tests.redis_server import ThrowawayRedis
 
 T = TypeVar("T")
 
@@ -57,9 +61,19 @@ def pg_server_url() -> Iterator[str]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+async def fetch_rows(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """The rows ``sql`` selects on ``database_url``, each as a dict."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
 @pytest.fixture
-def database_url(pg_server_url: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
+def new_database(pg_server_url: str) -> Iterator[Callable[[], str]]:
+    """Make empty databases on the test server (each call one more); all dropped afterwards."""
+    names: list[str] = []
 
     async def run(sql: str) -> None:
         conn = await asyncpg.connect(pg_server_url)
@@ -68,6 +82,27 @@ def database_url(pg_server_url: str) -> Iterator[str]:
         finally:
             await conn.close()
 
-    run_sync(run(f'CREATE DATABASE "{name}"'))
-    yield _with_database(pg_server_url, name)
-    run_sync(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    def make() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        run_sync(run(f'CREATE DATABASE "{name}"'))
+        names.append(name)
+        return _with_database(pg_server_url, name)
+
+    yield make
+    for name in names:
+        run_sync(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def database_url(new_database: Callable[[], str]) -> str:
+    """A database of this test's own."""
+    return new_database()
+
+
+@pytest.fixture
+def throwaway(tmp_path: Path) -> Iterator[ThrowawayRedis]:
+    """A ``redis-server`` of this test's own, killed afterwards."""
+    server = ThrowawayRedis(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -29,14 +28,6 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[AnyCache]:
     c: AnyCache = RedisCache(test_redis_url()) if request.param == "redis" else MemoryCache()
     yield c
     await c.close()
-
-
-@pytest.fixture
-def throwaway(tmp_path: Path) -> Iterator[ThrowawayRedis]:
-    server = ThrowawayRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
 
 
 # --- the contract -----------------------------------------------------------------------

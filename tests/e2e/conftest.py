@@ -5,9 +5,10 @@ names a PostgreSQL server, the archive gets a fresh database on it
 (``--database-url``); otherwise it starts its own embedded server in the data
 dir. Teardown sends SIGTERM and requires exit code 0 within 15 s.
 
-Also here: small helpers the e2e tests share (multipart parsing, polling QIDO,
-comparing DICOM JSON), so that every expectation comes from pydicom and the
-other projects' clients, never from our own server code.
+Also here: small helpers the e2e tests share (sending instances over C-STORE and
+STOW-RS, multipart parsing, polling QIDO, comparing DICOM JSON, reading the
+warehouse tables), so that every expectation comes from pydicom and the other
+projects' clients, never from our own server code.
 """
 
 from __future__ import annotations
@@ -31,8 +32,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config
 
-from tests.conftest import _with_database, run_sync
+from tests import factory
+from tests.conftest import _with_database, fetch_rows, run_sync
 
 E2E_TIMEOUT = 60.0  # seconds for a start, a stop and for indexing to catch up
 STOP_TIMEOUT = 15.0
@@ -41,6 +45,7 @@ SEARCH_TIMEOUT = 30.0
 DICOM = 'multipart/related; type="application/dicom"'
 OCTETS = 'multipart/related; type="application/octet-stream"'
 DICOM_JSON = "application/dicom+json"
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 def free_port() -> int:
@@ -86,6 +91,39 @@ def fresh_database() -> Iterator[str]:
         yield _with_database(server, name)
     finally:
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def warehouse_url(archive: Archive) -> str:
+    """The archive's database, to read its warehouse tables from here. An archive that
+    runs its embedded PostgreSQL cannot be reached: skipped, and failed under ``CI=true``."""
+    if not archive.database_url:
+        reason = "the archive runs its embedded PostgreSQL; set DICOMCLOUD_TEST_DATABASE_URL"
+        if IN_CI:
+            pytest.fail(f"CI=true: {reason}")
+        pytest.skip(reason)
+    return archive.database_url
+
+
+def warehouse_rows(database_url: str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """The rows ``sql`` selects (each a dict)."""
+    return run_sync(fetch_rows(database_url, sql, *args))
+
+
+def wait_for_rows(
+    database_url: str,
+    sql: str,
+    *args: Any,
+    until: Callable[[list[dict[str, Any]]], bool],
+    timeout: float = SEARCH_TIMEOUT,
+) -> list[dict[str, Any]]:
+    """Poll ``sql`` until its rows satisfy ``until`` (the loader is asynchronous) or the
+    timeout passes; the last rows either way, for the caller's assertions."""
+    deadline = time.monotonic() + timeout
+    rows = warehouse_rows(database_url, sql, *args)
+    while not until(rows) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rows = warehouse_rows(database_url, sql, *args)
+    return rows
 
 
 # --- the archive process ----------------------------------------------------------
@@ -271,6 +309,88 @@ def dcmtk() -> None:
 
 def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+# --- sending instances --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sent:
+    """An instance as sent: its Part 10 bytes and pydicom's reading of them."""
+
+    data: bytes
+    ds: Dataset
+
+    @property
+    def study(self) -> str:
+        return str(self.ds.StudyInstanceUID)
+
+    @property
+    def series(self) -> str:
+        return str(self.ds.SeriesInstanceUID)
+
+    @property
+    def sop(self) -> str:
+        return str(self.ds.SOPInstanceUID)
+
+    @property
+    def uids(self) -> tuple[str, str, str]:
+        return self.study, self.series, self.sop
+
+    @property
+    def syntax(self) -> str:
+        return str(self.ds.file_meta.TransferSyntaxUID)
+
+    @property
+    def resource(self) -> str:
+        """The instance's path under a DICOMweb service root."""
+        return f"/studies/{self.study}/series/{self.series}/instances/{self.sop}"
+
+    @property
+    def url_path(self) -> str:
+        """The instance's path in the default tenant's service (``/dicom-web/studies/…``)."""
+        return "/dicom-web" + self.resource
+
+
+def as_sent(ds: Dataset) -> Sent:
+    data = factory.part10_bytes(ds)
+    return Sent(data, factory.read(data))
+
+
+def c_store_files(archive: Archive, datasets: Sequence[Dataset], directory: Path, ae_title: str) -> list[Sent]:
+    """Send the factory's files as they are (the data set bytes unchanged, pynetdicom's
+    chunked sending) over one association; wait until every instance is searchable."""
+    sent = [as_sent(ds) for ds in datasets]
+    ae = AE(ae_title=ae_title)
+    for s in sent:
+        context = (s.ds.SOPClassUID, s.syntax)
+        if context not in {(c.abstract_syntax, c.transfer_syntax[0]) for c in ae.requested_contexts}:
+            ae.add_requested_context(*context)
+    assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
+    assert assoc.is_established, "association rejected"
+    chunked = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        for s in sent:
+            path = directory / f"{s.sop}.dcm"
+            path.write_bytes(s.data)
+            status = assoc.send_c_store(path)
+            assert status and status.Status == 0x0000, f"{s.sop} ({s.syntax}): {status}"
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = chunked
+        assoc.release()
+    with archive.http() as http:
+        wait_for_instances(http, archive.url, [s.sop for s in sent])
+    return sent
+
+
+def stow_body(*files: bytes, boundary: str | None = None) -> tuple[bytes, str]:
+    """A STOW-RS request body (PS3.18 §10.5): ``files`` (Part 10) as the parts of a
+    ``multipart/related; type="application/dicom"``; returns the body and its Content-Type."""
+    boundary = boundary or uuid.uuid4().hex
+    part = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(part + data + b"\r\n" for data in files) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
 # --- HTTP helpers -----------------------------------------------------------------

@@ -3,56 +3,40 @@ each in ``warehouse.wado_access_log`` of its database (server → bus → loader
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from tests import factory
-from tests.conftest import run_sync
-from tests.e2e.conftest import DICOM_JSON, OCTETS, SEARCH_TIMEOUT, Archive, wait_for_instances
+from tests.e2e.conftest import (
+    DICOM_JSON,
+    OCTETS,
+    Archive,
+    stow_body,
+    wait_for_instances,
+    wait_for_rows,
+    warehouse_url,
+)
 
 pytestmark = pytest.mark.e2e
 
 
-def access_rows(database_url: str, studies: list[str]) -> list[dict[str, Any]]:
-    async def fetch() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            rows = await conn.fetch(
-                "SELECT * FROM warehouse.wado_access_log WHERE study_instance_uid = ANY($1::text[]) "
-                "ORDER BY requested_at",
-                studies,
-            )
-            return [dict(r) for r in rows]
-        finally:
-            await conn.close()
-
-    return run_sync(fetch())
+ACCESS_ROWS = (
+    "SELECT * FROM warehouse.wado_access_log WHERE study_instance_uid = ANY($1::text[]) ORDER BY requested_at"
+)
 
 
 def test_each_request_is_one_row(archive: Archive) -> None:
-    if not archive.database_url:
-        pytest.skip("the archive runs its embedded PostgreSQL; set DICOMCLOUD_TEST_DATABASE_URL")
+    database_url = warehouse_url(archive)
     ds = factory.make_instance(PatientID="ACCESS-1", rows=16, columns=16)
     study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
     unknown = factory.uid("access", uuid.uuid4().int % 10**12)
-    data = factory.part10_bytes(ds)
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body, content_type = stow_body(factory.part10_bytes(ds))
     sent: list[tuple[str, str, str, httpx.Response]] = []  # (tenant, route, method, response)
     with archive.http() as http:
-        r = http.post(
-            f"{archive.url}/studies/{study}",
-            content=body,
-            headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'},
-        )
+        r = http.post(f"{archive.url}/studies/{study}", content=body, headers={"Content-Type": content_type})
         assert r.status_code == 200, r.text[:500]
         sent.append(("default", "/studies/{study}", "POST", r))
         wait_for_instances(http, archive.url, [sop])
@@ -72,11 +56,7 @@ def test_each_request_is_one_row(archive: Archive) -> None:
         assert r.status_code == 404
         sent.append(("acme", "/studies/{study}/metadata", "GET", r))
 
-    deadline = time.monotonic() + SEARCH_TIMEOUT
-    rows = access_rows(archive.database_url, [study, unknown])
-    while len(rows) < len(sent) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        rows = access_rows(archive.database_url, [study, unknown])
+    rows = wait_for_rows(database_url, ACCESS_ROWS, [study, unknown], until=lambda rows: len(rows) >= len(sent))
     assert len(rows) == len(sent), rows
     for row, (tenant, route, method, response) in zip(rows, sent, strict=True):
         # Bytes as sent: compressed metadata counts as it went over the wire.
@@ -95,17 +75,12 @@ def test_records_held_at_shutdown_are_published(start_archive: Callable[..., Arc
     """SIGTERM right after the requests: the server flushes its queue to the bus before
     exiting, and the loader loads it (after the restart at the latest)."""
     running = start_archive()
-    if not running.database_url:
-        pytest.skip("the archive runs its embedded PostgreSQL; set DICOMCLOUD_TEST_DATABASE_URL")
+    database_url = warehouse_url(running)
     studies = [factory.uid("shutdown", uuid.uuid4().int % 10**12, n) for n in range(20)]
     with running.http() as http:
         for study in studies:
             assert http.get(f"{running.url}/studies/{study}/metadata").status_code == 404
     running.restart()
-    deadline = time.monotonic() + SEARCH_TIMEOUT
-    rows = access_rows(running.database_url, studies)
-    while len(rows) < len(studies) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        rows = access_rows(running.database_url, studies)
+    rows = wait_for_rows(database_url, ACCESS_ROWS, studies, until=lambda rows: len(rows) >= len(studies))
     assert sorted(r["study_instance_uid"] for r in rows) == sorted(studies)
     assert {(r["status"], r["route"]) for r in rows} == {(404, "/studies/{study}/metadata")}

@@ -21,15 +21,21 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests import factory
-from tests.conftest import run_sync
-from tests.e2e.conftest import DICOM_JSON, SEARCH_TIMEOUT, Archive, running_archive
+from tests.e2e.conftest import (
+    DICOM_JSON,
+    SEARCH_TIMEOUT,
+    Archive,
+    running_archive,
+    stow_body,
+    wait_for_rows,
+    warehouse_url,
+)
 from tests.oidc.keycloak import ISSUER, claims, needs_oidc, token
 
 pytestmark = [pytest.mark.e2e, needs_oidc]
@@ -156,13 +162,8 @@ def test_the_negative_matrix_from_real_tokens(secured: Archive, stored: dict[str
 
 def test_scopes_map_to_read_and_write(secured: Archive, stored: dict[str, Any]) -> None:
     ds = factory.make_instance(PatientID="AUTH-SCOPE", rows=16, columns=16)
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + factory.part10_bytes(ds)
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    content_type = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+    body, stow_type = stow_body(factory.part10_bytes(ds))
+    content_type = {"Content-Type": stow_type}
     with secured.http() as http:
         r = http.post(
             f"{secured.tenant_url(A)}/studies", content=body, headers={**content_type, **bearer(token("reader-a"))}
@@ -223,8 +224,7 @@ def test_cors_preflight_needs_no_token_and_refusals_carry_cors_headers(secured: 
 
 
 def test_the_access_log_records_the_subject(secured: Archive, stored: dict[str, Any]) -> None:
-    if not secured.database_url:
-        pytest.skip("the archive runs its embedded PostgreSQL; set DICOMCLOUD_TEST_DATABASE_URL")
+    database_url = warehouse_url(secured)
     reader = token("reader-a")
     subject = claims(reader)["sub"]
     study = stored["ds"].StudyInstanceUID
@@ -235,25 +235,13 @@ def test_the_access_log_records_the_subject(secured: Archive, stored: dict[str, 
         )
         refused(http.get(stored["study_url"] + "/series", headers=bearer(token("reader-b"))), 403)
 
-    async def rows() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(secured.database_url)
-        try:
-            found = await conn.fetch(
-                "SELECT subject, status, tenant_id FROM warehouse.wado_access_log "
-                "WHERE study_instance_uid = $1 AND route = '/studies/{study}/series'",
-                study,
-            )
-            return [dict(r) for r in found]
-        finally:
-            await conn.close()
-
-    deadline = time.monotonic() + SEARCH_TIMEOUT
-    found: list[dict[str, Any]] = []
-    while time.monotonic() < deadline:
-        found = run_sync(rows())
-        if {r["status"] for r in found} >= {200, 403}:
-            break
-        time.sleep(0.3)
+    found = wait_for_rows(
+        database_url,
+        "SELECT subject, status, tenant_id FROM warehouse.wado_access_log "
+        "WHERE study_instance_uid = $1 AND route = '/studies/{study}/series'",
+        study,
+        until=lambda rows: {r["status"] for r in rows} >= {200, 403},
+    )
     granted = {(r["subject"], r["tenant_id"]) for r in found if r["status"] == 200}
     refused_ = {(r["subject"], r["tenant_id"]) for r in found if r["status"] == 403}
     assert (subject, A) in granted, found

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 from pynetdicom.status import code_to_category
 
 from tests import factory
-from tests.e2e.conftest import DICOM, DICOM_JSON, Archive, qido, wait_for_instances
+from tests.e2e.conftest import DICOM, DICOM_JSON, Archive, qido, stow_body, wait_for_instances
 
 pytestmark = pytest.mark.e2e
 
@@ -214,20 +214,12 @@ def test_stow_wrong_content_type_is_415(archive: Archive) -> None:
 def test_stow_study_uid_mismatch_is_409(archive: Archive) -> None:
     ds = factory.make_instance(PatientID="STOW-409", rows=SIZE, columns=SIZE)
     other_study = pydicom.uid.generate_uid(entropy_srcs=["another study"])
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-        + factory.part10_bytes(ds)
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body, content_type = stow_body(factory.part10_bytes(ds))
     with archive.http() as http:
         r = http.post(
             f"{archive.url}/studies/{other_study}",
             content=body,
-            headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                "Accept": DICOM_JSON,
-            },
+            headers={"Content-Type": content_type, "Accept": DICOM_JSON},
         )
         assert r.status_code == 409, f"{r.status_code}: {r.text[:500]}"
         reply = Dataset.from_json(r.json())

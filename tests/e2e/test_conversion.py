@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
 import httpx
 import numpy as np
 import pytest
@@ -19,8 +18,15 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless
 from dicomcloud.adapters.filesystem import FileBlobStore
 from dicomcloud.domain.layout import InstanceKey, instance_path
 from dicomcloud.usecases.convert import rendition_for
-from tests.conftest import run_sync
-from tests.e2e.conftest import SEARCH_TIMEOUT, Archive, wait_for_instances
+from tests.e2e.conftest import (
+    IN_CI,
+    SEARCH_TIMEOUT,
+    Archive,
+    stow_body,
+    wait_for_instances,
+    wait_for_rows,
+    warehouse_url,
+)
 from tests.factory import make_instance, part10_bytes, read
 from tests.renditions import deflated, j2k_part2
 
@@ -28,26 +34,9 @@ pytestmark = pytest.mark.e2e
 
 
 def _stow(archive: Archive, datasets: list[Dataset]) -> None:
-    body = b"".join(b"--B\r\nContent-Type: application/dicom\r\n\r\n" + part10_bytes(ds) + b"\r\n" for ds in datasets)
-    r = httpx.post(
-        f"{archive.url}/studies",
-        content=body + b"--B--\r\n",
-        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=B'},
-        timeout=30,
-    )
+    body, content_type = stow_body(*(part10_bytes(ds) for ds in datasets))
+    r = httpx.post(f"{archive.url}/studies", content=body, headers={"Content-Type": content_type}, timeout=30)
     assert r.status_code == 200, r.text
-
-
-def _rows(database_url: str) -> dict[str, dict[str, object]]:
-    async def fetch() -> dict[str, dict[str, object]]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            rows = await conn.fetch("SELECT * FROM warehouse.conversion")
-        finally:
-            await conn.close()
-        return {r["sop_instance_uid"]: dict(r) for r in rows}
-
-    return run_sync(fetch())
 
 
 def test_up_converts_what_the_viewer_cannot_decode(start_archive: Callable[..., Archive]) -> None:
@@ -76,11 +65,13 @@ def test_up_converts_what_the_viewer_cannot_decode(start_archive: Callable[..., 
     assert rendition_for(blobs, key[plain.SOPInstanceUID]) is None
     assert all(blobs.read(instance_path(k)) == originals[sop] for sop, k in key.items())
 
-    if archive.database_url:  # else the embedded server of the archive: not reachable from here
-        deadline = time.monotonic() + SEARCH_TIMEOUT
-        while len(rows := _rows(archive.database_url)) < 2:
-            assert time.monotonic() < deadline, f"conversion rows: {rows}"
-            time.sleep(0.2)
+    # The embedded server of the archive is not reachable from here: that check is skipped
+    # locally (warehouse_url fails under CI=true), the rest of the test runs all the same.
+    if archive.database_url or IN_CI:
+        found = wait_for_rows(
+            warehouse_url(archive), "SELECT * FROM warehouse.conversion", until=lambda rows: len(rows) >= 2
+        )
+        rows = {r["sop_instance_uid"]: r for r in found}
         assert {sop: r["status"] for sop, r in rows.items()} == {
             part2.SOPInstanceUID: "success",
             inflate.SOPInstanceUID: "success",

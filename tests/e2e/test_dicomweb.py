@@ -7,9 +7,6 @@ expectation comes from pydicom reading those same bytes.
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +24,6 @@ from pydicom.uid import (
     MRImageStorage,
     RLELossless,
 )
-from pynetdicom import AE, _config
 
 from dicomcloud.domain.viewer_syntaxes import DEFAULT_VIEWER_TRANSFER_SYNTAXES, RENDITION_SYNTAXES
 from tests import factory
@@ -36,10 +32,13 @@ from tests.e2e.conftest import (
     DICOM_JSON,
     OCTETS,
     Archive,
+    Sent,
     assert_metadata_matches,
     by_tag,
+    c_store_files,
     content_type_params,
     get_parts,
+    stow_body,
     value,
     values,
     wait_for_instances,
@@ -48,33 +47,6 @@ from tests.e2e.conftest import (
 pytestmark = pytest.mark.e2e
 
 SIZE = 64  # rows and columns: small, but enough for JPEG 2000
-
-
-@dataclass(frozen=True)
-class Sent:
-    path: Path
-    data: bytes  # the Part 10 file
-    ds: Dataset  # pydicom's reading of ``data``
-
-    @property
-    def study(self) -> str:
-        return str(self.ds.StudyInstanceUID)
-
-    @property
-    def series(self) -> str:
-        return str(self.ds.SeriesInstanceUID)
-
-    @property
-    def sop(self) -> str:
-        return str(self.ds.SOPInstanceUID)
-
-    @property
-    def resource(self) -> str:
-        return f"/studies/{self.study}/series/{self.series}/instances/{self.sop}"
-
-    @property
-    def syntax(self) -> str:
-        return str(self.ds.file_meta.TransferSyntaxUID)
 
 
 STUDY_A = {
@@ -140,33 +112,7 @@ def _instances() -> list[Dataset]:
 @pytest.fixture(scope="module")
 def sent(archive: Archive, tmp_path_factory: pytest.TempPathFactory) -> list[Sent]:
     """Send every instance over one association, as files (bytes unchanged)."""
-    directory = tmp_path_factory.mktemp("sent")
-    result = []
-    for ds in _instances():
-        path = directory / f"{ds.SOPInstanceUID}.dcm"
-        data = factory.part10_bytes(ds)
-        path.write_bytes(data)
-        result.append(Sent(path, data, factory.read(data)))
-
-    ae = AE(ae_title="WEBTESTSCU")
-    for s in result:
-        context = (s.ds.SOPClassUID, s.syntax)
-        if context not in {(c.abstract_syntax, c.transfer_syntax[0]) for c in ae.requested_contexts}:
-            ae.add_requested_context(*context)
-    assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
-    assert assoc.is_established, "association rejected"
-    chunked = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's data set bytes as they are
-    try:
-        for s in result:
-            status = assoc.send_c_store(s.path)
-            assert status and status.Status == 0x0000, f"{s.sop} ({s.syntax}): {status}"
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = chunked
-        assoc.release()
-    with archive.http() as http:
-        wait_for_instances(http, archive.url, [s.sop for s in result])
-    return result
+    return c_store_files(archive, _instances(), tmp_path_factory.mktemp("sent"), "WEBTESTSCU")
 
 
 def pick(sent: list[Sent], syntax: str) -> Sent:
@@ -501,18 +447,10 @@ def test_stow_bytes_are_kept(archive: Archive, sent: list[Sent]) -> None:
         bulk_bytes=1500,
     )
     data = factory.part10_bytes(ds)
-    boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    )
+    body, content_type = stow_body(data)
     with archive.http() as http:
         r = http.post(
-            f"{archive.url}/studies",
-            content=body,
-            headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                "Accept": DICOM_JSON,
-            },
+            f"{archive.url}/studies", content=body, headers={"Content-Type": content_type, "Accept": DICOM_JSON}
         )
         assert r.status_code == 200, f"{r.status_code}: {r.text[:500]}"
         reply = pydicom.Dataset.from_json(r.json())

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +14,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from tests import factory
-from tests.e2e.conftest import DICOM_JSON, Archive, running_archive, wait_for_instances
+from tests.e2e.conftest import DICOM_JSON, Archive, running_archive, stow_body, wait_for_instances
 
 pytestmark = pytest.mark.e2e
 MAX_STOW = 400_000
@@ -35,13 +34,8 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
 
 
 def multipart(*datasets: bytes) -> tuple[bytes, dict[str, str]]:
-    boundary = uuid.uuid4().hex
-    body = b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + d + b"\r\n" for d in datasets)
-    body += f"--{boundary}--\r\n".encode()
-    return body, {
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-        "Accept": DICOM_JSON,
-    }
+    body, content_type = stow_body(*datasets)
+    return body, {"Content-Type": content_type, "Accept": DICOM_JSON}
 
 
 _numbers = iter(range(1, 10_000))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -27,37 +26,22 @@ from pydicom.uid import (
     JPEGLSLossless,
     SecondaryCaptureImageStorage,
 )
-from pynetdicom import AE, _config
 
 from tests import factory
-from tests.e2e.conftest import Archive, content_type_params, parse_multipart, wait_for_instances
+from tests.e2e.conftest import (
+    Archive,
+    Sent,
+    as_sent,
+    c_store_files,
+    content_type_params,
+    parse_multipart,
+    wait_for_instances,
+)
 
 pytestmark = pytest.mark.e2e
 
 ROWS, COLUMNS = 96, 128  # not square: the aspect ratio shows
 PATIENT = {"PatientID": "RENDER-1", "PatientName": "Render^Rita", "AccessionNumber": "RENDACC1"}
-
-
-@dataclass(frozen=True)
-class Sent:
-    data: bytes
-    ds: Dataset
-
-    @property
-    def study(self) -> str:
-        return str(self.ds.StudyInstanceUID)
-
-    @property
-    def series(self) -> str:
-        return str(self.ds.SeriesInstanceUID)
-
-    @property
-    def sop(self) -> str:
-        return str(self.ds.SOPInstanceUID)
-
-    @property
-    def resource(self) -> str:
-        return f"/dicom-web/studies/{self.study}/series/{self.series}/instances/{self.sop}"
 
 
 def _rgb_instance() -> Dataset:
@@ -107,30 +91,7 @@ def _instances() -> dict[str, Dataset]:
 
 def _store(archive: Archive, datasets: list[Dataset], tmp: Path) -> list[Sent]:
     """Send the factory's files as they are over one association."""
-    sent = []
-    ae = AE(ae_title="RENDERSCU")
-    for ds in datasets:
-        data = factory.part10_bytes(ds)
-        sent.append(Sent(data, factory.read(data)))
-        context = (ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-        if context not in {(c.abstract_syntax, c.transfer_syntax[0]) for c in ae.requested_contexts}:
-            ae.add_requested_context(*context)
-    assoc = ae.associate("127.0.0.1", archive.dimse_port, ae_title=archive.ae_title)
-    assert assoc.is_established, "association rejected"
-    chunked = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    try:
-        for s in sent:
-            path = tmp / f"{s.sop}.dcm"
-            path.write_bytes(s.data)
-            status = assoc.send_c_store(path)
-            assert status and status.Status == 0x0000, f"{s.sop}: {status}"
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = chunked
-        assoc.release()
-    with archive.http() as http:
-        wait_for_instances(http, archive.url, [s.sop for s in sent])
-    return sent
+    return c_store_files(archive, datasets, tmp, "RENDERSCU")
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +154,7 @@ def assert_error(response: httpx.Response, status: int, reason: str) -> None:
 
 def test_ct_rendered_as_png_is_the_standard_window(http: httpx.Client, sent: dict[str, Sent]) -> None:
     ct = sent["ct1"]
-    img = image(http.get(ct.resource + "/rendered", headers={"Accept": "image/png"}), "image/png")
+    img = image(http.get(ct.url_path + "/rendered", headers={"Accept": "image/png"}), "image/png")
     assert img.size == (COLUMNS, ROWS) and img.mode == "L"
     assert (pixels(img) == expected_gray(ct.ds)).all()
 
@@ -202,17 +163,17 @@ def test_ct_rendered_as_jpeg_by_default(http: httpx.Client, sent: dict[str, Sent
     ct = sent["ct2"]
     for accept in ("*/*", "image/jpeg", None):
         headers = {"Accept": accept} if accept else {}
-        img = image(http.get(ct.resource + "/rendered", headers=headers), "image/jpeg")
+        img = image(http.get(ct.url_path + "/rendered", headers=headers), "image/jpeg")
         assert img.format == "JPEG" and img.size == (COLUMNS, ROWS)
         assert_close(pixels(img), expected_gray(ct.ds))
-    by_param = http.get(ct.resource + "/rendered", params={"accept": "image/png"}, headers={"Accept": "*/*"})
+    by_param = http.get(ct.url_path + "/rendered", params={"accept": "image/png"}, headers={"Accept": "*/*"})
     assert (pixels(image(by_param, "image/png")) == expected_gray(ct.ds)).all()
 
 
 @pytest.mark.parametrize("function", ["linear", "linear-exact", "sigmoid"])
 def test_window_parameter(http: httpx.Client, sent: dict[str, Sent], function: str) -> None:
     ct = sent["ct1"]
-    url = ct.resource + "/rendered"
+    url = ct.url_path + "/rendered"
     windowed = image(http.get(url, params={"window": f"1000,3000,{function}", "accept": "image/png"}), "image/png")
     assert (pixels(windowed) == expected_gray(ct.ds, window=(1000, 3000, function))).all()
     default = pixels(image(http.get(url, params={"accept": "image/png"}), "image/png"))
@@ -221,7 +182,7 @@ def test_window_parameter(http: httpx.Client, sent: dict[str, Sent], function: s
 
 def test_viewport_and_quality(http: httpx.Client, sent: dict[str, Sent]) -> None:
     ct = sent["ct1"]
-    url = ct.resource + "/rendered"
+    url = ct.url_path + "/rendered"
     fitted = image(http.get(url, params={"viewport": "64,64"}), "image/jpeg")
     assert fitted.size == (64, 48)  # 128 x 96 fitted into 64 x 64, aspect kept
     assert image(http.get(url, params={"viewport": "400,100"}), "image/jpeg").size == (133, 100)
@@ -236,7 +197,7 @@ def test_viewport_and_quality(http: httpx.Client, sent: dict[str, Sent]) -> None
 
 def test_monochrome1(http: httpx.Client, sent: dict[str, Sent]) -> None:
     mono1 = sent["mono1"]
-    img = image(http.get(mono1.resource + "/rendered", params={"accept": "image/png"}), "image/png")
+    img = image(http.get(mono1.url_path + "/rendered", params={"accept": "image/png"}), "image/png")
     want = expected_gray(mono1.ds)
     assert (pixels(img) == want).all()
     as_mono2 = expected_gray(sent["ct1"].ds)  # the same stored values in MONOCHROME2
@@ -245,23 +206,23 @@ def test_monochrome1(http: httpx.Client, sent: dict[str, Sent]) -> None:
 
 def test_rgb(http: httpx.Client, sent: dict[str, Sent]) -> None:
     rgb = sent["rgb"]
-    png = image(http.get(rgb.resource + "/rendered", headers={"Accept": "image/png"}), "image/png")
+    png = image(http.get(rgb.url_path + "/rendered", headers={"Accept": "image/png"}), "image/png")
     assert png.mode == "RGB" and (pixels(png) == rgb.ds.pixel_array).all()
-    jpeg = image(http.get(rgb.resource + "/rendered"), "image/jpeg")
+    jpeg = image(http.get(rgb.url_path + "/rendered"), "image/jpeg")
     assert jpeg.mode == "RGB" and np.abs(pixels(jpeg).astype(int) - rgb.ds.pixel_array).mean() < 3
 
 
 def test_compressed_and_multiframe(http: httpx.Client, sent: dict[str, Sent]) -> None:
     j2k = sent["j2k"]
-    png = image(http.get(j2k.resource + "/rendered", params={"accept": "image/png"}), "image/png")
+    png = image(http.get(j2k.url_path + "/rendered", params={"accept": "image/png"}), "image/png")
     assert (pixels(png) == expected_gray(j2k.ds)).all()  # its own window, 1000/3000
 
     jls = sent["jls"]
-    second = http.get(jls.resource + "/frames/2/rendered", params={"accept": "image/png"})
+    second = http.get(jls.url_path + "/frames/2/rendered", params={"accept": "image/png"})
     assert (pixels(image(second, "image/png")) == expected_gray(jls.ds, frame=1)).all()
-    first = http.get(jls.resource + "/rendered", params={"accept": "image/png"})  # no frame: the first
+    first = http.get(jls.url_path + "/rendered", params={"accept": "image/png"})  # no frame: the first
     assert (pixels(image(first, "image/png")) == expected_gray(jls.ds, frame=0)).all()
-    both = http.get(jls.resource + "/frames/3,1/rendered", headers={"Accept": "image/png"})
+    both = http.get(jls.url_path + "/frames/3,1/rendered", headers={"Accept": "image/png"})
     assert both.status_code == 200
     media, params = content_type_params(both.headers["content-type"])
     assert media == "multipart/related" and params["type"] == "image/png"
@@ -269,7 +230,7 @@ def test_compressed_and_multiframe(http: httpx.Client, sent: dict[str, Sent]) ->
     assert [p.headers["content-type"] for p in parts] == ["image/png", "image/png"]
     for part, frame in zip(parts, (2, 0), strict=True):
         assert (pixels(Image.open(io.BytesIO(part.content))) == expected_gray(jls.ds, frame=frame)).all()
-    gif = image(http.get(jls.resource + "/rendered", headers={"Accept": "image/gif"}), "image/gif")
+    gif = image(http.get(jls.url_path + "/rendered", headers={"Accept": "image/gif"}), "image/gif")
     assert gif.n_frames == 3
     for frame in range(3):
         gif.seek(frame)
@@ -298,29 +259,29 @@ def test_series_and_study_rendered(http: httpx.Client, sent: dict[str, Sent]) ->
 def test_thumbnails(http: httpx.Client, sent: dict[str, Sent]) -> None:
     ct3 = sent["ct3"]
     study = f"/dicom-web/studies/{ct3.study}"
-    middle = http.get(ct3.resource + "/thumbnail")
+    middle = http.get(ct3.url_path + "/thumbnail")
     thumb = image(middle, "image/jpeg")
     assert thumb.size == (128, 96)  # already within 128 x 128: not enlarged
     series = http.get(f"{study}/series/{ct3.series}/thumbnail")
     assert series.content == middle.content  # the middle instance by Instance Number
     assert http.get(f"{study}/thumbnail").content == middle.content  # the first series
-    small = image(http.get(ct3.resource + "/thumbnail", params={"viewport": "32,32"}), "image/jpeg")
+    small = image(http.get(ct3.url_path + "/thumbnail", params={"viewport": "32,32"}), "image/jpeg")
     assert small.size == (32, 24)
     jls = sent["jls"]
-    frame_thumb = image(http.get(jls.resource + "/frames/3/thumbnail", headers={"Accept": "image/png"}), "image/png")
+    frame_thumb = image(http.get(jls.url_path + "/frames/3/thumbnail", headers={"Accept": "image/png"}), "image/png")
     assert (pixels(frame_thumb) == expected_gray(jls.ds, frame=2)).all()
-    instance_thumb = image(http.get(jls.resource + "/thumbnail", headers={"Accept": "image/png"}), "image/png")
+    instance_thumb = image(http.get(jls.url_path + "/thumbnail", headers={"Accept": "image/png"}), "image/png")
     assert (pixels(instance_thumb) == expected_gray(jls.ds, frame=1)).all()  # the middle frame
-    assert_error(http.get(ct3.resource + "/thumbnail", params={"viewport": "32,32,0,0,10,10"}), 400, "vw,vh")
+    assert_error(http.get(ct3.url_path + "/thumbnail", params={"viewport": "32,32,0,0,10,10"}), 400, "vw,vh")
 
 
 def test_series_thumbnail_follows_new_instances(archive: Archive, http: httpx.Client, tmp_path: Path) -> None:
     patient = {"PatientID": "RENDER-2", "PatientName": "Render^Rolf", "AccessionNumber": "RENDACC2"}
     first = _store(archive, factory.make_series(3, **patient, rows=40, columns=40), tmp_path)
     series = f"/dicom-web/studies/{first[0].study}/series/{first[0].series}"
-    assert http.get(series + "/thumbnail").content == http.get(first[1].resource + "/thumbnail").content
+    assert http.get(series + "/thumbnail").content == http.get(first[1].url_path + "/thumbnail").content
     _store(archive, factory.make_series(2, first_instance=4, **patient, rows=40, columns=40), tmp_path)
-    wanted = http.get(first[2].resource + "/thumbnail").content  # of instances 1..5 the middle is 3
+    wanted = http.get(first[2].url_path + "/thumbnail").content  # of instances 1..5 the middle is 3
     deadline = time.monotonic() + 10
     while http.get(series + "/thumbnail").content != wanted:  # invalidated with the study's generation
         assert time.monotonic() < deadline, "the series thumbnail still shows the old middle instance"
@@ -338,7 +299,7 @@ def test_wado_uri(http: httpx.Client, sent: dict[str, Sent]) -> None:
     ct = sent["ct1"]
     dicom = http.get("/wado", params=uri_params(ct, contentType="application/dicom"))
     assert dicom.status_code == 200 and dicom.headers["content-type"] == "application/dicom"
-    stored = http.get(ct.resource, headers={"Accept": "application/dicom"})  # WADO-RS: the stored file
+    stored = http.get(ct.url_path, headers={"Accept": "application/dicom"})  # WADO-RS: the stored file
     assert stored.status_code == 200 and dicom.content == stored.content
     assert factory.dataset_bytes(dicom.content) == factory.dataset_bytes(ct.data)  # the SCP wrote its own meta
     same_syntax = http.get(
@@ -373,7 +334,7 @@ def test_wado_uri(http: httpx.Client, sent: dict[str, Sent]) -> None:
 def test_wado_uri_tenant(archive: Archive, http: httpx.Client, sent: dict[str, Sent]) -> None:
     ds = factory.make_instance(PatientID="RENDER-T", AccessionNumber="RENDACCT", rows=32, columns=32)
     archive.client(archive.tenant_url("acme")).store_instances([ds])
-    tenant_sent = Sent(factory.part10_bytes(ds), ds)
+    tenant_sent = as_sent(ds)
     wait_for_instances(http, archive.tenant_url("acme"), [tenant_sent.sop])
     got = http.get("/tenants/acme/wado", params=uri_params(tenant_sent, contentType="image/png"))
     assert image(got, "image/png").size == (32, 32)
@@ -386,7 +347,7 @@ def test_wado_uri_tenant(archive: Archive, http: httpx.Client, sent: dict[str, S
 
 def test_rendered_errors(http: httpx.Client, sent: dict[str, Sent]) -> None:
     ct = sent["ct1"]
-    url = ct.resource + "/rendered"
+    url = ct.url_path + "/rendered"
     assert_error(http.get(url, params={"window": "40,400"}), 400, "center,width,function")
     assert_error(http.get(url, params={"window": "40,0,linear"}), 400, "at least 1")
     assert_error(http.get(url, params={"viewport": "0,10"}), 400, "viewport width")
@@ -400,16 +361,16 @@ def test_rendered_errors(http: httpx.Client, sent: dict[str, Sent]) -> None:
     assert warned.status_code == 200
     assert "annotation values are not supported: patient" in warned.headers["warning"]
     sr = sent["sr"]
-    assert_error(http.get(sr.resource + "/rendered"), 406, "not an image")
-    assert_error(http.get(sr.resource + "/thumbnail"), 406, "not an image")
+    assert_error(http.get(sr.url_path + "/rendered"), 406, "not an image")
+    assert_error(http.get(sr.url_path + "/thumbnail"), 406, "not an image")
     assert_error(http.get(f"/dicom-web/studies/{sr.study}/series/{sr.series}/rendered"), 406, "not an image")
     missing = f"/dicom-web/studies/{ct.study}/series/{ct.series}/instances/1.2.3.4.5.6"
     assert_error(http.get(missing + "/rendered"), 404, "not")
     assert_error(http.get(missing + "/thumbnail"), 404, "not")
     assert_error(http.get("/dicom-web/studies/1.2.3.999/rendered"), 404, "not found")
     assert_error(http.get("/dicom-web/studies/1.2.3.999/thumbnail"), 404, "not found")
-    assert_error(http.get(sent["jls"].resource + "/frames/4/rendered"), 404, "frame 4")
-    assert_error(http.get(sent["jls"].resource + "/frames/0/rendered"), 400, "frame list")
+    assert_error(http.get(sent["jls"].url_path + "/frames/4/rendered"), 404, "frame 4")
+    assert_error(http.get(sent["jls"].url_path + "/frames/0/rendered"), 400, "frame list")
 
 
 def test_wado_uri_errors(http: httpx.Client, sent: dict[str, Sent]) -> None:

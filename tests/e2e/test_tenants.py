@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -20,15 +17,15 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage
 
 from tests import factory
-from tests.conftest import run_sync
 from tests.e2e.conftest import (
     DICOM,
-    SEARCH_TIMEOUT,
     Archive,
     dcmtk_env,
     qido,
     running_archive,
     wait_for_instances,
+    wait_for_rows,
+    warehouse_url,
 )
 
 pytestmark = pytest.mark.e2e
@@ -188,23 +185,8 @@ def test_each_tenant_admits_its_calling_ae_titles_and_networks(
     )
 
 
-def association_rows(database_url: str, since: datetime) -> list[dict[str, Any]]:
-    async def fetch() -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            rows = await conn.fetch(
-                "SELECT * FROM warehouse.dimse_association_log WHERE started_at >= $1 ORDER BY started_at", since
-            )
-            return [dict(r) for r in rows]
-        finally:
-            await conn.close()
-
-    return run_sync(fetch())
-
-
 def test_associations_are_recorded_in_the_store_log(admitting: Archive, dcmtk: None, tmp_path: Path) -> None:
-    if not admitting.database_url:
-        pytest.skip("the archive runs its embedded PostgreSQL; set DICOMCLOUD_TEST_DATABASE_URL")
+    database_url = warehouse_url(admitting)
     since = datetime.now(UTC)  # the archive runs on this machine: one clock
     factory.write_series(tmp_path / "s", 1, PatientID="LOG-REFUSED", rows=16, columns=16)
     assert_rejected_calling_ae(storescu(admitting, "LOG-OTHER", "HOSPA", tmp_path / "s"))
@@ -221,11 +203,12 @@ def test_associations_are_recorded_in_the_store_log(admitting: Archive, dcmtk: N
         assoc.release()
     assert statuses[0] == statuses[2] == 0x0000 and statuses[1] in (0xA900, 0xC000), statuses
 
-    deadline = time.monotonic() + SEARCH_TIMEOUT
-    rows = association_rows(admitting.database_url, since)
-    while len(rows) < 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        rows = association_rows(admitting.database_url, since)
+    rows = wait_for_rows(
+        database_url,
+        "SELECT * FROM warehouse.dimse_association_log WHERE started_at >= $1 ORDER BY started_at",
+        since,
+        until=lambda rows: len(rows) >= 3,
+    )
     by_calling = {r["calling_ae_title"]: r for r in rows}
     assert sorted(by_calling) == ["CT1", "LOG-B", "LOG-OTHER"], rows
 

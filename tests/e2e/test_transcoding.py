@@ -8,8 +8,6 @@ must give the very same pixels, lossy ones pixels within a bound.
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,9 +33,12 @@ from tests.e2e.conftest import (
     DICOM_JSON,
     OCTETS,
     Archive,
+    Sent,
+    as_sent,
     content_type_params,
     get_parts,
     parse_multipart,
+    stow_body,
     wait_for_instances,
 )
 
@@ -50,25 +51,6 @@ HTJ2K = "1.2.840.10008.1.2.4.203"
 JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
 LOSSY = {JPEG2000, JPEGLSNearLossless, HTJ2K, JPEGBaseline8Bit}
 STUDY = {"PatientID": "TRANSCODE-1", "AccessionNumber": "TCACC1", "StudyDate": "20240505"}
-
-
-@dataclass(frozen=True)
-class Sent:
-    data: bytes
-    ds: Dataset
-
-    @property
-    def resource(self) -> str:
-        ds = self.ds
-        return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
-
-    @property
-    def syntax(self) -> str:
-        return str(self.ds.file_meta.TransferSyntaxUID)
-
-    @property
-    def uids(self) -> tuple[str, str, str]:
-        return str(self.ds.StudyInstanceUID), str(self.ds.SeriesInstanceUID), str(self.ds.SOPInstanceUID)
 
 
 def _gray8() -> Dataset:
@@ -122,23 +104,11 @@ def _datasets() -> list[Dataset]:
 
 @pytest.fixture(scope="module")
 def sent(archive: Archive) -> list[Sent]:
-    result = []
-    for ds in _datasets():
-        data = factory.part10_bytes(ds)
-        result.append(Sent(data, factory.read(data)))
-    boundary = uuid.uuid4().hex
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + s.data + b"\r\n" for s in result
-    )
-    body += f"--{boundary}--\r\n".encode()
+    result = [as_sent(ds) for ds in _datasets()]
+    body, content_type = stow_body(*(s.data for s in result))
     with archive.http() as http:
         r = http.post(
-            f"{archive.url}/studies",
-            content=body,
-            headers={
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
-                "Accept": DICOM_JSON,
-            },
+            f"{archive.url}/studies", content=body, headers={"Content-Type": content_type, "Accept": DICOM_JSON}
         )
         assert r.status_code == 200, f"{r.status_code}: {r.text[:500]}"
         wait_for_instances(http, archive.url, [str(s.ds.SOPInstanceUID) for s in result])

@@ -4,8 +4,8 @@ PostgreSQL, durable journal), the publisher, the bus, the loader, ``warehouse.wa
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -14,18 +14,15 @@ from dicomcloud.domain.messages import ACCESS_LOG_QUEUE, Source
 from dicomcloud.entrypoints.http.app import create_app
 from dicomcloud.settings import Settings
 from dicomcloud.usecases.access_log import AccessLog
+from tests.conftest import fetch_rows
 from tests.factory import make_series, part10_bytes
 from tests.integration.test_pipeline import drain
 
 pytestmark = pytest.mark.integration
 
 
-async def rows(database_url: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        return await conn.fetch("SELECT * FROM warehouse.wado_access_log ORDER BY requested_at")
-    finally:
-        await conn.close()
+async def rows(database_url: str) -> list[dict[str, Any]]:
+    return await fetch_rows(database_url, "SELECT * FROM warehouse.wado_access_log ORDER BY requested_at")
 
 
 async def test_requests_land_in_the_warehouse_once(tmp_path: Path, database_url: str) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 
@@ -16,6 +16,7 @@ from dicomcloud.domain.messages import LOG_QUEUE, DimseAssociation, encode
 from dicomcloud.ports import Record
 from dicomcloud.settings import Settings
 from dicomcloud.usecases.bus_log import BusLog
+from tests.conftest import fetch_rows
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +37,10 @@ ROW = DimseAssociation(
 )
 
 
-async def rows(database_url: str) -> list[dict[str, object]]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        found = await conn.fetch("SELECT * FROM warehouse.dimse_association_log ORDER BY started_at, tenant_id")
-        return [dict(r) for r in found]
-    finally:
-        await conn.close()
+async def rows(database_url: str) -> list[dict[str, Any]]:
+    return await fetch_rows(
+        database_url, "SELECT * FROM warehouse.dimse_association_log ORDER BY started_at, tenant_id"
+    )
 
 
 async def test_associations_land_in_the_warehouse_once(tmp_path: Path, database_url: str) -> None:

@@ -15,7 +15,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import numpy as np
 import orjson
 import pytest
@@ -39,6 +38,7 @@ from dicomcloud.ports import Record
 from dicomcloud.settings import Settings
 from dicomcloud.usecases.convert import rendition_for
 from dicomcloud.usecases.reindex import Reindex
+from tests.conftest import fetch_rows
 from tests.factory import make_instance, part10_bytes, read
 from tests.renditions import corrupt, dcmtk_jpeg, deflated, j2k_part2, j2k_part2_lossy, video
 
@@ -74,12 +74,8 @@ async def drain(archive: Archive) -> dict[str, list[Record]]:
 
 
 async def conversion_rows(database_url: str) -> dict[str, dict[str, Any]]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch("SELECT * FROM warehouse.conversion ORDER BY sop_instance_uid")
-    finally:
-        await conn.close()
-    return {r["sop_instance_uid"]: dict(r) for r in rows}
+    rows = await fetch_rows(database_url, "SELECT * FROM warehouse.conversion ORDER BY sop_instance_uid")
+    return {r["sop_instance_uid"]: r for r in rows}
 
 
 def key_of(ds: Dataset) -> InstanceKey:

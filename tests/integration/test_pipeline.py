@@ -20,7 +20,8 @@ SOURCE = Source("dimse", "SCU", "DICOMCLOUD", "127.0.0.1")
 
 
 async def drain(archive) -> list:
-    """Run consumer and loader until the bus has nothing left; return what the consumer got."""
+    """Run consumer and loader until the bus has nothing left (every batch must succeed);
+    return what the consumer got."""
     from dicomcloud.domain.messages import (
         DICOM_IMAGE_QUEUE,
         DICOM_STATE_QUEUE,
@@ -39,11 +40,14 @@ async def drain(archive) -> list:
         ),
     ):
         consumer = archive.bus.consumer(group, topics)
-        while records := await consumer.poll(1000, 0):
-            assert await handler(records) == []
-            await consumer.commit(records)
-            if group == "consumer":
-                seen.extend(records)
+        try:
+            while records := await consumer.poll(1000, 0):
+                assert await handler(records) == []
+                await consumer.commit(records)
+                if group == "consumer":
+                    seen.extend(records)
+        finally:
+            await consumer.close()
     return seen
 
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from dicomcloud.usecases.index_instances import IndexInstances
 from dicomcloud.usecases.load_warehouse import LoadWarehouse
 from dicomcloud.usecases.read_cache import ReadCache
 from tests.factory import make_instance, make_series, part10_bytes
+from tests.integration.test_pipeline import drain
 from tests.redis_server import ThrowawayRedis, free_port, needs_redis, needs_redis_server, test_redis_url, with_prefix
 
 pytestmark = pytest.mark.integration
@@ -96,19 +97,6 @@ async def poll(archive: Archive, group: str, topics: list[str]) -> tuple[Any, li
     return consumer, await consumer.poll(1000, 0)
 
 
-async def drain(archive: Archive) -> None:
-    """Consumer, then loader, until nothing is left; every batch must succeed."""
-    for group, topics, handler in (
-        ("consumer", [STORAGE_QUEUE], archive.index_instances.handle),
-        ("loader", LOADER_TOPICS, archive.load_warehouse.handle),
-    ):
-        consumer = archive.bus.consumer(group, topics)
-        while records := await consumer.poll(1000, 0):
-            assert await handler(records) == []
-            await consumer.commit(records)
-        await consumer.close()
-
-
 class Reader:
     """The five watched reads through the DICOMweb application."""
 
@@ -143,6 +131,22 @@ def all_(n: int) -> dict[str, int]:
     )
 
 
+@contextlib.asynccontextmanager
+async def with_series(
+    tmp_path: Path, database_url: str, redis_url: str, n: int
+) -> AsyncIterator[tuple[Archive, Series, Reader]]:
+    """An archive holding a new series of ``n`` instances, indexed and loaded, and its reader."""
+    async with opened(tmp_path, database_url, redis_url) as archive:
+        s = new_series(n)
+        await store(archive, *s.datasets)
+        await drain(archive)
+        reader = Reader(archive, s)
+        try:
+            yield archive, s, reader
+        finally:
+            await reader.close()
+
+
 async def redis_keys(url: str) -> list[str]:
     plain, prefix = split_prefix(url)
     client = Redis.from_url(plain)
@@ -152,85 +156,60 @@ async def redis_keys(url: str) -> list[str]:
         await client.aclose()
 
 
-@pytest.fixture
-def throwaway(tmp_path: Path) -> Iterator[ThrowawayRedis]:
-    server = ThrowawayRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
-
-
 # --- the ordinary life of a cached answer ------------------------------------------------
 
 
 @needs_redis
 async def test_cached_answers_follow_new_instances(tmp_path: Path, database_url: str) -> None:
     url = test_redis_url()
-    async with opened(tmp_path, database_url, url) as archive:
-        s = new_series(3)
-        await store(archive, *s.datasets)
-        await drain(archive)
-        reader = Reader(archive, s)
-        try:
-            assert await reader.counts() == all_(3)
-            stats = archive.cache.stats
-            assert (stats.hits, stats.misses) == (0, 5)
-            assert await reader.counts() == all_(3)
-            assert (stats.hits, stats.misses) == (5, 5)
-            keys = await redis_keys(url)
-            assert len([k for k in keys if k.startswith("dc:default:md:")]) == 2
-            assert len([k for k in keys if k.startswith("dc:default:qido:")]) == 3
+    async with with_series(tmp_path, database_url, url, 3) as (archive, s, reader):
+        assert await reader.counts() == all_(3)
+        stats = archive.cache.stats
+        assert (stats.hits, stats.misses) == (0, 5)
+        assert await reader.counts() == all_(3)
+        assert (stats.hits, stats.misses) == (5, 5)
+        keys = await redis_keys(url)
+        assert len([k for k in keys if k.startswith("dc:default:md:")]) == 2
+        assert len([k for k in keys if k.startswith("dc:default:qido:")]) == 3
 
-            # A warm hit reads no file: gone from disk, still answered.
-            md_path = f"/studies/{s.study}/series/{s.series}/metadata"
-            first = await reader.get(md_path)
-            stored = archive.blobs.absolute(series_metadata_path(SeriesKey("default", s.study, s.series)))
-            stored.unlink()
-            stored.with_name(stored.name + ".gz").unlink()
-            again = await reader.get(md_path)
-            assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
+        # A warm hit reads no file: gone from disk, still answered.
+        md_path = f"/studies/{s.study}/series/{s.series}/metadata"
+        first = await reader.get(md_path)
+        stored = archive.blobs.absolute(series_metadata_path(SeriesKey("default", s.study, s.series)))
+        stored.unlink()
+        stored.with_name(stored.name + ".gz").unlink()
+        again = await reader.get(md_path)
+        assert again.content == first.content and again.headers["etag"] == first.headers["etag"]
 
-            await store(archive, s.one_more())
-            consumer, records = await poll(archive, "consumer", [STORAGE_QUEUE])
-            assert await archive.index_instances.handle(records) == []
-            await consumer.commit(records)
-            # Indexed, not yet in the warehouse: instance searches (cached again now) lag.
-            assert await reader.counts() == {**all_(4), "instance QIDO": 3, "tenant instance QIDO": 3}
-            await drain(archive)  # the loader's turn: its invalidation moves them
-            assert await reader.counts() == all_(4)
-            assert (await reader.get(md_path)).headers["etag"] != first.headers["etag"]
-            assert await reader.counts() == all_(4)
-            assert (stats.hits, stats.misses) == (5 + 2 + 1 + 5, 5 + 5 + 5)
-        finally:
-            await reader.close()
+        await store(archive, s.one_more())
+        consumer, records = await poll(archive, "consumer", [STORAGE_QUEUE])
+        assert await archive.index_instances.handle(records) == []
+        await consumer.commit(records)
+        # Indexed, not yet in the warehouse: instance searches (cached again now) lag.
+        assert await reader.counts() == {**all_(4), "instance QIDO": 3, "tenant instance QIDO": 3}
+        await drain(archive)  # the loader's turn: its invalidation moves them
+        assert await reader.counts() == all_(4)
+        assert (await reader.get(md_path)).headers["etag"] != first.headers["etag"]
+        assert await reader.counts() == all_(4)
+        assert (stats.hits, stats.misses) == (5 + 2 + 1 + 5, 5 + 5 + 5)
 
 
 @needs_redis
 async def test_etag_is_the_same_with_and_without_the_cache(tmp_path: Path, database_url: str) -> None:
-    async with opened(tmp_path, database_url, test_redis_url()) as archive:
-        s = new_series(2)
-        await store(archive, *s.datasets)
-        await drain(archive)
-        reader = Reader(archive, s)
-        try:
-            paths = [f"/studies/{s.study}/series/{s.series}/metadata", f"/studies/{s.study}/metadata"]
-            cached = [(await reader.get(p)).headers["etag"] for p in paths]
-            cached_hit = [(await reader.get(p)).headers["etag"] for p in paths]
-            archive.cache = ReadCache(None, 3600)  # another process, without a cache
-            uncached = [(await reader.get(p)).headers["etag"] for p in paths]
-            assert cached == cached_hit == uncached
-            assert all(e.startswith('W/"') for e in cached)
-        finally:
-            await reader.close()
+    async with with_series(tmp_path, database_url, test_redis_url(), 2) as (archive, s, reader):
+        paths = [f"/studies/{s.study}/series/{s.series}/metadata", f"/studies/{s.study}/metadata"]
+        cached = [(await reader.get(p)).headers["etag"] for p in paths]
+        cached_hit = [(await reader.get(p)).headers["etag"] for p in paths]
+        archive.cache = ReadCache(None, 3600)  # another process, without a cache
+        uncached = [(await reader.get(p)).headers["etag"] for p in paths]
+        assert cached == cached_hit == uncached
+        assert all(e.startswith('W/"') for e in cached)
 
 
 @needs_redis
 async def test_answers_under_another_base_url_are_kept_apart(tmp_path: Path, database_url: str) -> None:
-    async with opened(tmp_path, database_url, test_redis_url()) as archive:
-        s = new_series(2)
-        await store(archive, *s.datasets)
-        await drain(archive)
-        own, proxied = Reader(archive, s), Reader(archive, s, base="http://viewer.example:9000")
+    async with with_series(tmp_path, database_url, test_redis_url(), 2) as (archive, s, own):
+        proxied = Reader(archive, s, base="http://viewer.example:9000")
         try:
             for _ in range(2):  # the second round comes from the cache
                 for reader, base in ((own, BASE), (proxied, "http://viewer.example:9000")):
@@ -240,7 +219,6 @@ async def test_answers_under_another_base_url_are_kept_apart(tmp_path: Path, dat
                     assert rows[0]["00081190"]["Value"][0].startswith(f"{base}/dicom-web/studies/")
             assert archive.cache.stats.hits == 4
         finally:
-            await own.close()
             await proxied.close()
 
 
@@ -252,41 +230,34 @@ async def test_a_writer_cut_off_from_redis_keeps_indexing_and_pays_when_back(
     tmp_path: Path, database_url: str
 ) -> None:
     url = test_redis_url()
-    async with opened(tmp_path, database_url, url) as archive:
-        s = new_series(2)
-        await store(archive, *s.datasets)
-        await drain(archive)
-        reader = Reader(archive, s)
-        try:
-            assert await reader.counts() == all_(2)
-            # A consumer and a loader that cannot reach Redis (a partition: only they).
-            unreachable = ReadCache(RedisCache(f"redis://127.0.0.1:{free_port()}/0"), 3600, retry_seconds=0.05)
-            blind_consumer = IndexInstances(archive.blobs, archive.index, archive.bus, unreachable)
-            blind_loader = LoadWarehouse(archive.warehouse, unreachable)
+    async with with_series(tmp_path, database_url, url, 2) as (archive, s, reader):
+        assert await reader.counts() == all_(2)
+        # A consumer and a loader that cannot reach Redis (a partition: only they).
+        unreachable = ReadCache(RedisCache(f"redis://127.0.0.1:{free_port()}/0"), 3600, retry_seconds=0.05)
+        blind_consumer = IndexInstances(archive.blobs, archive.index, archive.bus, unreachable)
+        blind_loader = LoadWarehouse(archive.warehouse, unreachable)
 
-            await store(archive, s.one_more())
-            consumer, records = await poll(archive, "consumer", [STORAGE_QUEUE])
-            assert await blind_consumer.handle(records) == []  # indexed: no waiting for the cache
-            await consumer.commit(records)
-            loader, loads = await poll(archive, "loader", LOADER_TOPICS)
-            assert await blind_loader.handle(loads) == []
-            await loader.commit(loads)
-            assert unreachable.owes_epoch_bump
-            assert (await reader.counts())["series QIDO"] == 2  # the window a partition opens
+        await store(archive, s.one_more())
+        consumer, records = await poll(archive, "consumer", [STORAGE_QUEUE])
+        assert await blind_consumer.handle(records) == []  # indexed: no waiting for the cache
+        await consumer.commit(records)
+        loader, loads = await poll(archive, "loader", LOADER_TOPICS)
+        assert await blind_loader.handle(loads) == []
+        await loader.commit(loads)
+        assert unreachable.owes_epoch_bump
+        assert (await reader.counts())["series QIDO"] == 2  # the window a partition opens
 
-            # The partition heals: the writer's background retry reaches Redis and bumps the epoch.
-            assert unreachable._cache is not None
-            await unreachable._cache.close()
-            unreachable._cache = RedisCache(url)
-            for _ in range(100):
-                if not unreachable.owes_epoch_bump:
-                    break
-                await asyncio.sleep(0.05)
-            assert not unreachable.owes_epoch_bump
-            assert await reader.counts() == all_(3)
-            await unreachable.close()
-        finally:
-            await reader.close()
+        # The partition heals: the writer's background retry reaches Redis and bumps the epoch.
+        assert unreachable._cache is not None
+        await unreachable._cache.close()
+        unreachable._cache = RedisCache(url)
+        for _ in range(100):
+            if not unreachable.owes_epoch_bump:
+                break
+            await asyncio.sleep(0.05)
+        assert not unreachable.owes_epoch_bump
+        assert await reader.counts() == all_(3)
+        await unreachable.close()
 
 
 # --- outages ---------------------------------------------------------------------------
@@ -311,37 +282,30 @@ async def test_reads_survive_a_dead_redis_and_a_restart_from_a_snapshot(
     tmp_path: Path, database_url: str, throwaway: ThrowawayRedis
 ) -> None:
     url = with_prefix(throwaway.url)
-    async with opened(tmp_path, database_url, url) as archive:
-        s = new_series(2)
-        await store(archive, *s.datasets)
-        await drain(archive)
-        reader = Reader(archive, s)
-        try:
-            assert await reader.counts() == all_(2)
-            assert await reader.counts() == all_(2)
-            assert archive.cache.stats.hits == 5
-            throwaway.save()  # the snapshot holds these answers and generations
-            throwaway.kill()
+    async with with_series(tmp_path, database_url, url, 2) as (archive, s, reader):
+        assert await reader.counts() == all_(2)
+        assert await reader.counts() == all_(2)
+        assert archive.cache.stats.hits == 5
+        throwaway.save()  # the snapshot holds these answers and generations
+        throwaway.kill()
 
-            await store(archive, s.one_more())
-            await handle_without_cache(archive)
-            started = time.monotonic()
-            assert await reader.counts() == all_(3)  # from PostgreSQL and the files
-            assert await reader.counts() == all_(3)
-            assert time.monotonic() - started < 3.0
-            assert archive.cache.stats.bypasses >= 10
+        await store(archive, s.one_more())
+        await handle_without_cache(archive)
+        started = time.monotonic()
+        assert await reader.counts() == all_(3)  # from PostgreSQL and the files
+        assert await reader.counts() == all_(3)
+        assert time.monotonic() - started < 3.0
+        assert archive.cache.stats.bypasses >= 10
 
-            throwaway.start()  # back, from the snapshot: stale answers under current-looking keys
-            # Another process that saw no error: the new incarnation alone makes it bump.
-            archive.cache = ReadCache(RedisCache(url), 3600)
-            assert await reader.counts() == all_(3)
-            assert archive.cache.stats.epoch_bumps == 1
-            assert archive.cache.stats.misses == 5
-            assert await reader.counts() == all_(3)
-            assert archive.cache.stats.hits == 5
-            await archive.cache.close()
-        finally:
-            await reader.close()
+        throwaway.start()  # back, from the snapshot: stale answers under current-looking keys
+        # Another process that saw no error: the new incarnation alone makes it bump.
+        archive.cache = ReadCache(RedisCache(url), 3600)
+        assert await reader.counts() == all_(3)
+        assert archive.cache.stats.epoch_bumps == 1
+        assert archive.cache.stats.misses == 5
+        assert await reader.counts() == all_(3)
+        assert archive.cache.stats.hits == 5
+        await archive.cache.close()
 
 
 @needs_redis_server
@@ -349,11 +313,7 @@ async def test_answers_cached_before_an_outage_are_not_served_after_it(
     tmp_path: Path, database_url: str, throwaway: ThrowawayRedis
 ) -> None:
     """A paused Redis keeps its data: only the epoch bump after the error protects."""
-    async with opened(tmp_path, database_url, with_prefix(throwaway.url)) as archive:
-        s = new_series(2)
-        await store(archive, *s.datasets)
-        await drain(archive)
-        reader = Reader(archive, s)
+    async with with_series(tmp_path, database_url, with_prefix(throwaway.url), 2) as (archive, s, reader):
         try:
             assert await reader.counts() == all_(2)
             throwaway.pause()
@@ -370,4 +330,3 @@ async def test_answers_cached_before_an_outage_are_not_served_after_it(
             assert await reader.counts() == all_(3)
         finally:
             throwaway.resume()
-            await reader.close()

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,35 +36,11 @@ from dicomcloud.entrypoints.cli import main
 from dicomcloud.errors import InvalidTenant, NotFound
 from dicomcloud.settings import Settings
 from dicomcloud.usecases.reindex import Progress, Reindex, ReindexReport
-from tests.conftest import _with_database, run_sync
 from tests.factory import make_instance, make_series, part10_bytes
 from tests.integration.test_pipeline import drain
 
 pytestmark = pytest.mark.integration
 SOURCE = Source("dimse", "SCU", "DICOMCLOUD", "127.0.0.1")
-
-
-@pytest.fixture
-def new_database(pg_server_url: str) -> Iterator[Callable[[], str]]:
-    """Empty databases on the test server, dropped afterwards (a lost database's replacement)."""
-    names: list[str] = []
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def make() -> str:
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        run_sync(admin(f'CREATE DATABASE "{name}"'))
-        names.append(name)
-        return _with_database(pg_server_url, name)
-
-    yield make
-    for name in names:
-        run_sync(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _query(level: Level, tenant: str) -> Any:
